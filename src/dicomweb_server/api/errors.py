@@ -1,0 +1,50 @@
+"""The one place where errors become HTTP responses."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+
+from dicomweb_server.errors import ArchiveError
+
+log = logging.getLogger(__name__)
+
+
+def warning_value(request: Request, text: str) -> str:
+    """An RFC 7234 ``Warning: 299`` value, the form PS3.18 8.3.5 uses for explanations."""
+    host = request.headers.get("host", "dicomweb-server")
+    clean = text.replace("\\", "\\\\").replace('"', '\\"').replace("\r", " ").replace("\n", " ")
+    return f'299 {host}: "{clean}"'
+
+
+def error_response(request: Request, status_code: int, message: str) -> Response:
+    return PlainTextResponse(
+        message + "\n",
+        status_code=status_code,
+        headers={"Warning": warning_value(request, message)},
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ArchiveError)
+    async def _archive_error(request: Request, exc: ArchiveError) -> Response:
+        if exc.status_code >= 500:
+            log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
+        return error_response(request, exc.status_code, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+        details = "; ".join(
+            f"{'.'.join(str(part) for part in error.get('loc', ()))}: {error.get('msg')}"
+            for error in exc.errors()
+        )
+        return error_response(request, 400, f"invalid request: {details}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        return error_response(request, exc.status_code, str(exc.detail))

@@ -1,0 +1,116 @@
+"""QIDO-RS: search for studies, series and instances (PS3.18 10.6)."""
+
+from __future__ import annotations
+
+import anyio
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from dicomweb_server.api.deps import ArchiveDep, check_path
+from dicomweb_server.api.encoding import (
+    DICOM_JSON,
+    DICOM_XML,
+    json_bytes,
+    multipart_related_type,
+    new_boundary,
+    xml_multipart,
+)
+from dicomweb_server.api.negotiation import Offer, accept_ranges, negotiate
+from dicomweb_server.api.urls import base_url
+from dicomweb_server.index.qido import QueryLevel, SearchResult, parse_query, search
+from dicomweb_server.services.archive import Archive
+
+router = APIRouter()
+
+OFFERS = [Offer(DICOM_JSON), Offer("application/json"), Offer("multipart/related", DICOM_XML)]
+FORMAT_PARAMETERS = {"accept", "charset"}
+
+
+def _warning(root: str, text: str) -> str:
+    clean = text.replace('"', "'")
+    return f'299 {root}: "{clean}"'
+
+
+async def _search(
+    request: Request,
+    archive: Archive,
+    level: QueryLevel,
+    study: str | None = None,
+    series: str | None = None,
+) -> Response:
+    if study is not None:
+        check_path(study, series)
+    # QIDO is answered as JSON when the client states no preference; retrieval is stricter.
+    offer, _ = negotiate(accept_ranges(request), OFFERS)
+    params = [
+        (name, value)
+        for name, value in request.query_params.multi_items()
+        if name.lower() not in FORMAT_PARAMETERS
+    ]
+    settings = archive.settings
+    query = parse_query(
+        level,
+        params,
+        study_uid=study,
+        series_uid=series,
+        default_limit=settings.qido_default_limit,
+        max_limit=settings.qido_max_limit,
+    )
+    root = base_url(request, settings)
+
+    def run() -> SearchResult:
+        with archive.sessions() as session:
+            return search(session, query, base_url=root)
+
+    result = await anyio.to_thread.run_sync(run)
+    headers = {"Vary": "Accept"}
+    if result.warnings:
+        headers["Warning"] = ", ".join(_warning(root, text) for text in result.warnings)
+    if not result.items:
+        return Response(status_code=204, headers=headers)
+    if offer.part_type == DICOM_XML:
+        boundary = new_boundary()
+        body = await anyio.to_thread.run_sync(xml_multipart, result.items, boundary)
+        return Response(
+            body, media_type=multipart_related_type(boundary, DICOM_XML), headers=headers
+        )
+    return Response(json_bytes(result.items), media_type=offer.media_type, headers=headers)
+
+
+@router.get("/studies")
+async def search_for_studies(request: Request, archive: ArchiveDep) -> Response:
+    """Search all studies."""
+    return await _search(request, archive, QueryLevel.STUDY)
+
+
+@router.get("/series")
+async def search_for_series(request: Request, archive: ArchiveDep) -> Response:
+    """Search all series."""
+    return await _search(request, archive, QueryLevel.SERIES)
+
+
+@router.get("/instances")
+async def search_for_instances(request: Request, archive: ArchiveDep) -> Response:
+    """Search all instances."""
+    return await _search(request, archive, QueryLevel.INSTANCE)
+
+
+@router.get("/studies/{study}/series")
+async def search_for_study_series(request: Request, archive: ArchiveDep, study: str) -> Response:
+    """Search the series of a study."""
+    return await _search(request, archive, QueryLevel.SERIES, study)
+
+
+@router.get("/studies/{study}/instances")
+async def search_for_study_instances(request: Request, archive: ArchiveDep, study: str) -> Response:
+    """Search the instances of a study."""
+    return await _search(request, archive, QueryLevel.INSTANCE, study)
+
+
+@router.get("/studies/{study}/series/{series}/instances")
+async def search_for_series_instances(
+    request: Request, archive: ArchiveDep, study: str, series: str
+) -> Response:
+    """Search the instances of a series."""
+    return await _search(request, archive, QueryLevel.INSTANCE, study, series)

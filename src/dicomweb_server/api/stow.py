@@ -1,0 +1,194 @@
+"""STOW-RS: Store Instances (PS3.18 10.5)."""
+
+from __future__ import annotations
+
+import logging
+
+import anyio
+from fastapi import APIRouter
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+
+from dicomweb_server.api.deps import ArchiveDep, check_uid
+from dicomweb_server.api.encoding import DICOM_JSON, DICOM_XML, json_bytes
+from dicomweb_server.api.errors import warning_value
+from dicomweb_server.api.media import parse_media_type
+from dicomweb_server.api.multipart import PartData, PartEnd, PartStart, read_multipart
+from dicomweb_server.api.negotiation import Offer, accept_ranges, negotiate
+from dicomweb_server.api.urls import base_url
+from dicomweb_server.dicom import status
+from dicomweb_server.dicom.xml_model import dataset_to_xml
+from dicomweb_server.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from dicomweb_server.services import store
+from dicomweb_server.services.archive import Archive
+from dicomweb_server.services.stow_response import stow_response, stow_status
+from dicomweb_server.storage import StagingWriter
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+
+BATCH_PARTS = 32
+WRITE_CHUNK = 1 << 20
+RESPONSE_OFFERS = [Offer(DICOM_JSON), Offer(DICOM_XML)]
+
+
+def _boundary(request: Request) -> str:
+    content_type = request.headers.get("content-type")
+    if not content_type:
+        raise UnsupportedMediaType(
+            'STOW-RS needs Content-Type: multipart/related; type="application/dicom"'
+        )
+    media = parse_media_type(content_type)
+    part_type = media.params.get("type", "application/dicom").lower()
+    if media.essence != "multipart/related" or part_type != "application/dicom":
+        raise UnsupportedMediaType(
+            f"unsupported Content-Type {content_type!r}: this server stores "
+            'multipart/related; type="application/dicom"'
+        )
+    boundary = media.params.get("boundary")
+    if not boundary or len(boundary) > 200:
+        raise BadRequest("the multipart/related Content-Type has no valid boundary parameter")
+    return boundary
+
+
+class _Ingest:
+    """Per-request state: the part being staged and the batch waiting to be committed."""
+
+    def __init__(self, archive: Archive, study_uid: str | None) -> None:
+        self.archive = archive
+        self.study_uid = study_uid
+        self.writer: StagingWriter | None = None
+        self.buffer = bytearray()
+        self.rejected: store.StoreOutcome | None = None
+        self.batch: list[store.PreparedPart] = []
+        self.outcomes: list[store.StoreOutcome] = []
+
+    async def start(self, headers: dict[str, str]) -> None:
+        part_type = headers.get("content-type")
+        if part_type is not None:
+            try:
+                essence = parse_media_type(part_type).essence
+            except BadRequest:
+                essence = part_type
+            if essence != "application/dicom":
+                self.rejected = store.failed(
+                    status.CANNOT_UNDERSTAND, f"part of type {part_type!r} is not application/dicom"
+                )
+                return
+        self.writer = await anyio.to_thread.run_sync(self.archive.blobs.staging_writer)
+
+    async def data(self, chunk: bytes) -> None:
+        if self.writer is None:
+            return
+        self.buffer += chunk
+        if len(self.buffer) >= WRITE_CHUNK:
+            data, self.buffer = bytes(self.buffer), bytearray()
+            await anyio.to_thread.run_sync(self.writer.write, data)
+
+    async def end(self) -> None:
+        if self.rejected is not None:
+            self.outcomes.append(self.rejected)
+            self.rejected = None
+            return
+        writer, self.writer = self.writer, None
+        assert writer is not None
+        data, self.buffer = bytes(self.buffer), bytearray()
+
+        def finish() -> store.PreparedPart:
+            writer.write(data)
+            staged = writer.finish()
+            return store.prepare(self.archive, staged, self.study_uid)
+
+        prepared = await anyio.to_thread.run_sync(finish)
+        self.outcomes.append(prepared.outcome)
+        if prepared.parsed is not None:
+            self.batch.append(prepared)
+        if len(self.batch) >= BATCH_PARTS:
+            await self.flush()
+
+    async def flush(self) -> None:
+        batch, self.batch = self.batch, []
+        if batch:
+            await anyio.to_thread.run_sync(store.commit_batch, self.archive, batch)
+
+    async def abort(self) -> None:
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            await anyio.to_thread.run_sync(writer.abort)
+        for part in self.batch:
+            if part.staged is not None:
+                part.staged.path.unlink(missing_ok=True)
+        self.batch = []
+
+
+async def _store(request: Request, archive: Archive, study_uid: str | None) -> Response:
+    if study_uid is not None:
+        check_uid(study_uid, "Study Instance")
+    boundary = _boundary(request)
+    offer, _ = negotiate(accept_ranges(request), RESPONSE_OFFERS)
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > archive.settings.max_request_bytes:
+        raise PayloadTooLarge(
+            f"the request body exceeds the limit of {archive.settings.max_request_bytes} bytes"
+        )
+    ingest = _Ingest(archive, study_uid)
+    truncated: str | None = None
+    try:
+        async for event in read_multipart(
+            request.stream(), boundary, max_header_bytes=archive.settings.max_part_header_bytes
+        ):
+            if isinstance(event, PartData):
+                await ingest.data(event.data)
+            elif isinstance(event, PartStart):
+                await ingest.start(event.headers)
+            elif isinstance(event, PartEnd):
+                await ingest.end()
+        await ingest.flush()
+    except (BadRequest, ClientDisconnect) as exc:
+        await ingest.abort()
+        if isinstance(exc, ClientDisconnect):
+            raise
+        if not ingest.outcomes:
+            raise
+        truncated = exc.message
+    except BaseException:
+        await ingest.abort()
+        raise
+
+    outcomes = ingest.outcomes
+    if truncated is not None:
+        # Parts before the damage were stored (or failed) on their own merits; the damaged
+        # part is reported as a failure rather than discarding the whole request.
+        outcomes = [*outcomes, store.failed(status.CANNOT_UNDERSTAND, truncated)]
+    if not outcomes:
+        raise BadRequest("the multipart body contains no parts")
+    root = base_url(request, archive.settings)
+    dataset = stow_response(outcomes, root, study_uid)
+    headers: dict[str, str] = {}
+    messages = sorted({outcome.message for outcome in outcomes if outcome.message})
+    if messages:
+        headers["Warning"] = ", ".join(warning_value(request, text) for text in messages[:20])
+    for outcome in outcomes:
+        if not outcome.stored:
+            log.info(
+                "STOW refused %s: %s (0x%04X)",
+                outcome.sop_instance_uid or "a part",
+                outcome.message,
+                outcome.failure_reason or 0,
+            )
+    body = dataset_to_xml(dataset) if offer.media_type == DICOM_XML else json_bytes(dataset)
+    return Response(
+        body, status_code=stow_status(outcomes), media_type=offer.media_type, headers=headers
+    )
+
+
+@router.post("/studies")
+async def store_instances(request: Request, archive: ArchiveDep) -> Response:
+    """Store instances of any studies."""
+    return await _store(request, archive, None)
+
+
+@router.post("/studies/{study}")
+async def store_study_instances(request: Request, archive: ArchiveDep, study: str) -> Response:
+    """Store instances that must belong to the given study."""
+    return await _store(request, archive, study)

@@ -1,0 +1,202 @@
+"""WADO-RS: retrieve studies, series, instances, metadata and bulk data (PS3.18 10.4)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from functools import partial
+
+import anyio
+from fastapi import APIRouter
+from starlette.concurrency import iterate_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from dicomweb_server.api.deps import ArchiveDep, check_path
+from dicomweb_server.api.encoding import (
+    DICOM_JSON,
+    DICOM_XML,
+    multipart_related_type,
+    new_boundary,
+    xml_multipart,
+)
+from dicomweb_server.api.media import MediaRange
+from dicomweb_server.api.negotiation import Offer, _admits, accept_ranges, negotiate
+from dicomweb_server.api.urls import base_url
+from dicomweb_server.errors import BadRequest, NotAcceptable
+from dicomweb_server.services import retrieve
+from dicomweb_server.services.archive import Archive
+
+router = APIRouter()
+
+DICOM_OFFER = Offer("multipart/related", "application/dicom")
+METADATA_OFFERS = [
+    Offer(DICOM_JSON),
+    Offer("application/json"),
+    Offer("multipart/related", DICOM_XML),
+]
+BULK_OFFER = Offer("multipart/related", "application/octet-stream")
+
+
+def _require_accept(request: Request) -> list[MediaRange]:
+    ranges = accept_ranges(request)
+    if "accept" not in request.headers and "accept" not in request.query_params:
+        raise NotAcceptable(
+            "the request has no Accept header; PS3.18 8.7.5 requires one for retrieval "
+            '(e.g. Accept: multipart/related; type="application/dicom"; transfer-syntax=*)'
+        )
+    return ranges
+
+
+def _requested_syntaxes(ranges: list[MediaRange], offer: Offer) -> list[str | None]:
+    return [media.params.get("transfer-syntax") for media in ranges if _admits(media, offer)]
+
+
+async def _multipart_stream(
+    boundary: str, parts: Sequence[tuple[bytes, Callable[[], Iterator[bytes]]]]
+) -> AsyncIterator[bytes]:
+    for head, chunks in parts:
+        yield head
+        async for chunk in iterate_in_threadpool(chunks()):
+            yield chunk
+        yield b"\r\n"
+    yield f"--{boundary}--\r\n".encode()
+
+
+async def _retrieve(
+    request: Request, archive: Archive, study: str, series: str | None, instance: str | None
+) -> Response:
+    check_path(study, series, instance)
+    ranges = _require_accept(request)
+    offer, _ = negotiate(ranges, [DICOM_OFFER])
+    refs = await anyio.to_thread.run_sync(retrieve.find_instances, archive, study, series, instance)
+    target = retrieve.choose_transfer_syntax(_requested_syntaxes(ranges, offer), refs)
+    root = base_url(request, archive.settings)
+    boundary = new_boundary()
+    parts = []
+    for ref in refs:
+        syntax = retrieve.delivered_syntax(ref, target)
+        location = (
+            f"{root}/studies/{ref.study_instance_uid}/series/{ref.series_instance_uid}"
+            f"/instances/{ref.sop_instance_uid}"
+        )
+        head = (
+            f"--{boundary}\r\nContent-Type: application/dicom; transfer-syntax={syntax}\r\n"
+            f"Content-Location: {location}\r\n\r\n"
+        ).encode()
+        parts.append((head, partial(retrieve.instance_chunks, archive, ref, target)))
+    headers = {"Vary": "Accept"}
+    if instance is not None and target == retrieve.ANY_TRANSFER_SYNTAX:
+        headers["ETag"] = f'"{refs[0].sha256}"'
+        if request.headers.get("if-none-match", "").strip() in (headers["ETag"], "*"):
+            return Response(status_code=304, headers=headers)
+    media_type = multipart_related_type(boundary, "application/dicom")
+    if target != retrieve.ANY_TRANSFER_SYNTAX:
+        media_type += f"; transfer-syntax={target}"
+    return StreamingResponse(
+        _multipart_stream(boundary, parts), media_type=media_type, headers=headers
+    )
+
+
+@router.get("/studies/{study}")
+async def retrieve_study(request: Request, archive: ArchiveDep, study: str) -> Response:
+    """Retrieve all instances of a study."""
+    return await _retrieve(request, archive, study, None, None)
+
+
+@router.get("/studies/{study}/series/{series}")
+async def retrieve_series(
+    request: Request, archive: ArchiveDep, study: str, series: str
+) -> Response:
+    """Retrieve all instances of a series."""
+    return await _retrieve(request, archive, study, series, None)
+
+
+@router.get("/studies/{study}/series/{series}/instances/{instance}")
+async def retrieve_instance(
+    request: Request, archive: ArchiveDep, study: str, series: str, instance: str
+) -> Response:
+    """Retrieve one instance."""
+    return await _retrieve(request, archive, study, series, instance)
+
+
+async def _metadata(
+    request: Request, archive: Archive, study: str, series: str | None, instance: str | None
+) -> Response:
+    check_path(study, series, instance)
+    offer, _ = negotiate(_require_accept(request), METADATA_OFFERS)
+    root = base_url(request, archive.settings)
+    if offer.part_type == DICOM_XML:
+        datasets = await anyio.to_thread.run_sync(
+            retrieve.metadata_datasets, archive, root, study, series, instance
+        )
+        boundary = new_boundary()
+        body = await anyio.to_thread.run_sync(xml_multipart, datasets, boundary)
+        return Response(body, media_type=multipart_related_type(boundary, DICOM_XML))
+    body = await anyio.to_thread.run_sync(
+        retrieve.metadata_json, archive, root, study, series, instance
+    )
+    return Response(body, media_type=offer.media_type, headers={"Vary": "Accept"})
+
+
+@router.get("/studies/{study}/metadata")
+async def retrieve_study_metadata(request: Request, archive: ArchiveDep, study: str) -> Response:
+    """Metadata of every instance of a study."""
+    return await _metadata(request, archive, study, None, None)
+
+
+@router.get("/studies/{study}/series/{series}/metadata")
+async def retrieve_series_metadata(
+    request: Request, archive: ArchiveDep, study: str, series: str
+) -> Response:
+    """Metadata of every instance of a series."""
+    return await _metadata(request, archive, study, series, None)
+
+
+@router.get("/studies/{study}/series/{series}/instances/{instance}/metadata")
+async def retrieve_instance_metadata(
+    request: Request, archive: ArchiveDep, study: str, series: str, instance: str
+) -> Response:
+    """Metadata of one instance."""
+    return await _metadata(request, archive, study, series, instance)
+
+
+@router.get("/studies/{study}/series/{series}/instances/{instance}/bulk/{path:path}")
+async def retrieve_bulk_data(
+    request: Request, archive: ArchiveDep, study: str, series: str, instance: str, path: str
+) -> Response:
+    """A bulk data value recorded at ingest (the target of a BulkDataURI)."""
+    check_path(study, series, instance)
+    steps = path.strip("/").split("/")
+    valid = len(steps) % 2 == 1 and all(
+        (len(step) == 8 and all(c in "0123456789abcdefABCDEF" for c in step))
+        if position % 2 == 0
+        else step.isdigit() and len(step) < 7
+        for position, step in enumerate(steps)
+    )
+    if not valid:
+        raise BadRequest(f"malformed bulk data path {path[:100]!r}")
+    ranges = _require_accept(request)
+    bulk = await anyio.to_thread.run_sync(
+        retrieve.bulk_data, archive, study, series, instance, "/".join(steps)
+    )
+    offers = [BULK_OFFER] + [
+        Offer("multipart/related", part.media_type)
+        for part in bulk.parts[:1]
+        if part.media_type != "application/octet-stream"
+    ]
+    offer, _ = negotiate(ranges, offers)
+    if offer is BULK_OFFER and bulk.parts[0].media_type != "application/octet-stream":
+        raise NotAcceptable(
+            f"this pixel data is stored compressed ({bulk.instance.transfer_syntax_uid}); "
+            f'ask for multipart/related; type="{bulk.parts[0].media_type}"'
+        )
+    boundary = new_boundary()
+    syntax = bulk.instance.transfer_syntax_uid
+    parts = []
+    for part in bulk.parts:
+        head = (
+            f"--{boundary}\r\nContent-Type: {part.media_type}; transfer-syntax={syntax}\r\n\r\n"
+        ).encode()
+        parts.append((head, partial(retrieve.bulk_chunks, archive, bulk.instance, part)))
+    media_type = multipart_related_type(boundary, bulk.parts[0].media_type)
+    return StreamingResponse(_multipart_stream(boundary, parts), media_type=media_type)

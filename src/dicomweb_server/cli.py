@@ -1,0 +1,149 @@
+"""The ``dicomweb-server`` command line: serve, db upgrade, import."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from dicomweb_server import __version__
+from dicomweb_server.settings import Settings
+
+
+def _settings(data_dir: str | None) -> Settings:
+    if data_dir is not None:
+        # Through the environment, so that worker processes see the same settings.
+        os.environ["DICOMWEB_DATA_DIR"] = data_dir
+    return Settings()
+
+
+def _upgrade(settings: Settings) -> None:
+    from dicomweb_server.index.database import upgrade_schema
+
+    upgrade_schema(settings.resolved_database_url)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from dicomweb_server.services.archive import Archive
+    from dicomweb_server.services.store import recover
+
+    settings = _settings(args.data_dir)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    _upgrade(settings)
+    archive = Archive.open(settings)
+    try:
+        staging, orphans = recover(archive)
+    finally:
+        archive.close()
+    log = logging.getLogger("dicomweb_server")
+    if staging or orphans:
+        log.warning(
+            "recovered from an interrupted run: removed %d staging files and %d orphan blobs",
+            staging,
+            orphans,
+        )
+    try:
+        loopback = ipaddress.ip_address(args.host).is_loopback
+    except ValueError:
+        loopback = args.host == "localhost"
+    if not loopback:
+        log.warning("listening on %s: put the archive behind TLS and authentication", args.host)
+    print(
+        f"dicomweb-server {__version__}: DICOMweb root http://{args.host}:{args.port}"
+        f"{settings.url_prefix} (data in {settings.data_dir.resolve()})",
+        flush=True,
+    )
+    uvicorn.run(
+        "dicomweb_server.app:app_from_environment",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=args.log_level,
+        access_log=args.access_log,
+        timeout_graceful_shutdown=30,
+    )
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    settings = _settings(args.data_dir)
+    _upgrade(settings)
+    print("schema is up to date")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from dicomweb_server.services.archive import Archive
+    from dicomweb_server.services.importer import import_paths, iter_files
+
+    settings = _settings(args.data_dir)
+    _upgrade(settings)
+    paths = [Path(path) for path in args.paths]
+    missing = [str(path) for path in paths if not path.exists()]
+    if missing:
+        print(f"error: no such file or folder: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    total = sum(1 for _ in iter_files(paths))
+    archive = Archive.open(settings)
+    try:
+        with tqdm(total=total, unit="file", disable=args.quiet, file=sys.stderr) as bar:
+            summary = import_paths(archive, paths, progress=lambda _path: bar.update(1))
+    finally:
+        archive.close()
+    print(
+        f"stored {summary.stored}, already present {summary.already_present}, "
+        f"rejected {len(summary.rejected)}, skipped (not DICOM) {summary.skipped}"
+    )
+    for path, reason in summary.rejected:
+        print(f"rejected {path}: {reason}")
+    return 1 if summary.rejected else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dicomweb-server", description="DICOMweb origin server and archive."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve the archive over HTTP")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8042)
+    serve.add_argument("--data-dir", help="data folder (default ./data or DICOMWEB_DATA_DIR)")
+    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--log-level", default="info")
+    serve.add_argument("--no-access-log", dest="access_log", action="store_false")
+    serve.set_defaults(handler=cmd_serve)
+
+    db = commands.add_parser("db", help="index database maintenance")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    upgrade = db_commands.add_parser("upgrade", help="migrate the schema to the newest version")
+    upgrade.add_argument("--data-dir")
+    upgrade.set_defaults(handler=cmd_db_upgrade)
+
+    importer = commands.add_parser("import", help="store DICOM files and folders")
+    importer.add_argument("paths", nargs="+")
+    importer.add_argument("--data-dir")
+    importer.add_argument("--quiet", action="store_true", help="no progress bar")
+    importer.set_defaults(handler=cmd_import)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    args = build_parser().parse_args(argv)
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""Index lookups for retrieval and deletion: which instances a WADO-RS path names."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Select, select
+from sqlalchemy.orm import Session
+
+from dicomweb_server.index.models import Instance, Series, Study
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRef:
+    """What retrieval needs to serve one stored instance, without opening it."""
+
+    pk: int
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    blob_key: str
+    size: int
+    sha256: str
+
+
+_REF_COLUMNS = (
+    Instance.pk,
+    Study.study_instance_uid,
+    Series.series_instance_uid,
+    Instance.sop_instance_uid,
+    Instance.sop_class_uid,
+    Instance.transfer_syntax_uid,
+    Instance.blob_key,
+    Instance.size,
+    Instance.sha256,
+)
+
+
+def _scoped(query: Select, study: str, series: str | None, instance: str | None) -> Select:  # type: ignore[type-arg]
+    query = query.join(Series, Instance.series_pk == Series.pk).join(
+        Study, Series.study_pk == Study.pk
+    )
+    query = query.where(Study.study_instance_uid == study)
+    if series is not None:
+        query = query.where(Series.series_instance_uid == series)
+    if instance is not None:
+        query = query.where(Instance.sop_instance_uid == instance)
+    # Series in the order they were stored, instances by Instance Number: the order a
+    # viewer wants to display them in.
+    return query.order_by(Series.pk, Instance.instance_number, Instance.pk)
+
+
+def find_instances(
+    session: Session, study: str, series: str | None = None, instance: str | None = None
+) -> list[InstanceRef]:
+    rows = session.execute(_scoped(select(*_REF_COLUMNS), study, series, instance)).all()
+    return [InstanceRef(*row) for row in rows]
+
+
+def find_metadata(
+    session: Session, study: str, series: str | None = None, instance: str | None = None
+) -> list[bytes]:
+    """The stored DICOM JSON of each instance, in retrieval order."""
+    query = _scoped(select(Instance.metadata_json), study, series, instance)
+    return list(session.scalars(query))
+
+
+@dataclass(frozen=True, slots=True)
+class BulkRef:
+    instance: InstanceRef
+    bulk_json: bytes | None
+    pixel_layout_json: bytes | None
+    deflated: bool
+
+
+def find_bulk(session: Session, study: str, series: str, instance: str) -> BulkRef | None:
+    columns = (*_REF_COLUMNS, Instance.bulk_json, Instance.pixel_layout_json, Instance.deflated)
+    row = session.execute(_scoped(select(*columns), study, series, instance)).first()
+    if row is None:
+        return None
+    return BulkRef(InstanceRef(*row[:9]), row[9], row[10], bool(row[11]))

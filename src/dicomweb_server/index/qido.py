@@ -1,0 +1,552 @@
+"""The QIDO-RS search engine (PS3.18 10.6): a parsed query in, DICOM JSON datasets out.
+
+No HTTP here: the API layer parses the request with :func:`parse_query`, calls
+:func:`search` and turns :attr:`SearchResult.warnings` into ``Warning: 299`` headers.
+
+Conformance statement
+---------------------
+Matching keys (a key may also be used at the levels below its own, PS3.18 10.6.1.2; any
+other DICOM attribute given with a value is refused with 400, never ignored):
+
+=========================================================  =========  ====================
+Key (keyword / tag)                                        Level      Matching
+=========================================================  =========  ====================
+StudyDate 00080020, PatientBirthDate 00100030              study      single, range
+StudyTime 00080030                                         study      single, range
+AccessionNumber 00080050, PatientID 00100020,              study      single, wild card,
+StudyID 00200010, StudyDescription 00081030,                          multiple values
+PatientSex 00100040
+ModalitiesInStudy 00080061                                 study      single, wild card,
+                                                                      multiple values (any
+                                                                      series of the study)
+SOPClassesInStudy 00080062                                 study      UID list (any
+                                                                      instance of the study)
+PatientName 00100010, ReferringPhysicianName 00080090      study      PN (below), fuzzy
+StudyInstanceUID 0020000D                                  study      UID list
+Modality 00080060, SeriesDescription 0008103E,             series     single, wild card,
+BodyPartExamined 00180015                                             multiple values
+SeriesInstanceUID 0020000E                                 series     UID list
+SeriesNumber 00200011                                      series     integer (list)
+SeriesDate 00080021, PerformedProcedureStepStartDate       series     single, range
+00400244
+SeriesTime 00080031, PerformedProcedureStepStartTime       series     single, range
+00400245
+RequestAttributesSequence.ScheduledProcedureStepID         series     sequence item:
+00400275.00400009, ...RequestedProcedureID                            single, wild card,
+00400275.00401001, ...AccessionNumber 00400275.00080050               multiple values
+SOPClassUID 00080016, SOPInstanceUID 00080018              instance   UID list
+InstanceNumber 00200013                                    instance   integer (list)
+ContentDate 00080023                                       instance   single, range
+ContentTime 00080033                                       instance   single, range
+AcquisitionDateTime 0008002A                               instance   single, range
+=========================================================  =========  ====================
+
+Matching types (PS3.4 C.2.2.2):
+
+* Universal: an empty value (or ``*`` for string and PN keys) does not filter; the
+  attribute is returned, empty when the entity has no value.
+* Single value: exact and case-sensitive for strings (LO, SH, CS); leading and trailing
+  spaces of the query value are not significant.
+* Wild card: ``*`` (any sequence) and ``?`` (one character) in string and PN keys only;
+  UID, date, time and numeric keys refuse them as malformed.
+* Multiple values: ``CT\\MR`` in a string or PN key matches either value (Multiple Value
+  Matching, PS3.4 C.2.2.2; always applied, ``multiplevaluematching`` is accepted but
+  changes nothing).
+* UID list: UIDs separated by ``,`` (PS3.18 8.3.4.1) or ``\\``; each must satisfy the
+  PS3.5 9.1 grammar.
+* Range: ``A-B``, ``A-``, ``-B`` on DA, TM and DT keys, bounds inclusive, start not after
+  end. A single TM or DT value matches the whole interval its precision names (``10``
+  is 10:00:00 to 10:59:59.999999). DA and TM keys are matched separately (no combined
+  date-time matching); DT UTC offsets are ignored.
+* Empty value: with ``emptyvaluematching=true`` the value ``""`` matches entities without
+  a value (Empty Value Matching, PS3.4 C.2.2.2).
+* Integers: ``SeriesNumber`` and ``InstanceNumber`` match by integer equality (``+7`` is
+  7); several values may be separated by ``\\``; anything else is a 400.
+* Sequence: the item keys of one sequence given in one query must match the same item.
+* Person names: case- and accent-insensitive; the query is folded like the stored names
+  (:func:`dicomweb_server.dicom.values.normalize_pn`) and wild cards apply to the folded
+  form. Without ``=`` in the query, a name also matches when only its alphabetic group
+  matches; trailing components of only ``*`` also match absent components (``Doe^*``
+  matches "Doe").
+* Fuzzy matching (``fuzzymatching=true``, PS3.18 8.3.4.2) on PN keys: the query is split
+  into words at ``^``, ``=``, spaces, commas and hyphens, and every word must be a case- and
+  accent-insensitive *prefix* of some word of the name (any component, any group). So
+  ``PatientName=joh`` matches "Doe^John" and "Johnson^Ann", and ``jo^do`` matches
+  "Doe^John". Wild cards inside a word still apply.
+
+Returned attributes: PS3.18 Tables 10.6.3-3 (study), 10.6.3-4 (series) and 10.6.3-5
+(instance), with the study attributes added to series results of ``/series`` and to instance
+results of ``/instances``, and the series attributes to instance results not scoped to a
+series (PS3.18 10.6.3.3.2, 10.6.3.3.3); every matching key; ``includefield`` attributes
+available at the level (study attributes at study level; study and series attributes at
+series level; everything at instance level). ``includefield=all`` adds every stored
+attribute of the level. Bulk data is never returned: attributes with a ``BulkDataURI`` are
+dropped, and with ``all`` those with ``InlineBinary`` too.
+
+Parameters: ``includefield`` may repeat and hold comma lists of keywords, tags or ``all``
+(unknown keywords are a 400; private tags bring their Private Creator); ``fuzzymatching``,
+``emptyvaluematching`` and ``multiplevaluematching`` take ``true`` / ``false``; ``limit``
+and ``offset`` are non-negative integers; each of these and each matching key may appear
+only once. An empty value for an attribute that is no matching key asks for it to be
+returned, like ``includefield``.
+
+Warnings (texts for ``Warning: 299 {service}: ...``): a client ``limit`` above the server
+maximum is clipped; when further matches exist beyond the page the PS3.18 8.3.4.4 text
+"There are {n} additional results that can be requested" is added.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import orjson
+from pydicom.datadict import dictionary_VR
+from sqlalchemy import Row, distinct, func, select
+from sqlalchemy.orm import Session
+
+from dicomweb_server.dicom import levels
+from dicomweb_server.index.models import Instance, Series, Study
+from dicomweb_server.index.qido_keys import MATCH_KEYS, ParsedQuery, QueryLevel
+from dicomweb_server.index.qido_parse import parse_query
+from dicomweb_server.index.qido_sql import select_level, where_clauses
+
+__all__ = ["MATCH_KEYS", "ParsedQuery", "QueryLevel", "SearchResult", "parse_query", "search"]
+
+
+# -- what is returned ------------------------------------------------------------------------
+
+_CHARSET, _TIMEZONE = levels.SPECIFIC_CHARACTER_SET, levels.TIMEZONE_OFFSET
+_AVAILABILITY, _RETRIEVE_URL = "00080056", "00081190"
+_MODALITIES, _SOP_CLASSES = "00080061", "00080062"
+_STUDY_SERIES, _STUDY_INSTANCES, _SERIES_INSTANCES = "00201206", "00201208", "00201209"
+_PATIENT_STUDIES, _PATIENT_SERIES, _PATIENT_INSTANCES = "00201200", "00201202", "00201204"
+_STUDY_COUNTS: Final = frozenset({_MODALITIES, _STUDY_SERIES, _STUDY_INSTANCES})
+_PATIENT_COUNTS: Final = frozenset({_PATIENT_STUDIES, _PATIENT_SERIES, _PATIENT_INSTANCES})
+_STUDY_COMPUTED: Final = _STUDY_COUNTS | _PATIENT_COUNTS | {_SOP_CLASSES}
+
+#: PS3.18 Table 10.6.3-3, and the attributes of type R there (returned even when empty).
+STUDY_RESULT: Final = (
+    _CHARSET, "00080020", "00080030", "00080050", _AVAILABILITY, _MODALITIES, "00080090",
+    _TIMEZONE, _RETRIEVE_URL, "00100010", "00100020", "00100030", "00100040", "0020000D",
+    "00200010", _STUDY_SERIES, _STUDY_INSTANCES,
+)  # fmt: skip
+_OPTIONAL: Final = frozenset({_CHARSET, _AVAILABILITY, _TIMEZONE, _RETRIEVE_URL})
+STUDY_REQUIRED: Final = frozenset(STUDY_RESULT) - _OPTIONAL
+#: PS3.18 Table 10.6.3-4, plus Instance Availability as in Tables 10.6.3-3 and 10.6.3-5.
+SERIES_RESULT: Final = (
+    _CHARSET, _AVAILABILITY, "00080060", _TIMEZONE, "0008103E", _RETRIEVE_URL, "0020000E",
+    "00200011", _SERIES_INSTANCES, "00400244", "00400245", "00400275",
+)  # fmt: skip
+SERIES_REQUIRED: Final = frozenset({"00080060", "0020000E", "00200011", _SERIES_INSTANCES})
+#: PS3.18 Table 10.6.3-5 ("if present in the Instance": nothing is returned empty).
+INSTANCE_RESULT: Final = (
+    _CHARSET, "00080016", "00080018", _AVAILABILITY, _TIMEZONE, _RETRIEVE_URL, "00200013",
+    "00280008", "00280010", "00280011", "00280100",
+)  # fmt: skip
+
+_STUDY_ENTITY_TAGS: Final = levels.PATIENT_TAGS | levels.STUDY_TAGS
+
+
+def _tag_level(tag: str, level: QueryLevel) -> QueryLevel:
+    """The entity whose stored attributes hold `tag` in a search at `level`.
+
+    The split follows :mod:`dicomweb_server.dicom.levels`; Specific Character Set and
+    Timezone Offset From UTC are taken from the most specific entity searched, and
+    Retrieve URL / Instance Availability describe the result itself.
+    """
+    if tag in (_CHARSET, _TIMEZONE, _RETRIEVE_URL, _AVAILABILITY):
+        return level
+    if tag in _STUDY_COMPUTED or tag in _STUDY_ENTITY_TAGS:
+        return QueryLevel.STUDY
+    if tag == _SERIES_INSTANCES or tag in levels.SERIES_TAGS:
+        return QueryLevel.SERIES
+    return QueryLevel.INSTANCE
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What one search has to fetch and compute, decided once per query."""
+
+    tags: tuple[str, ...]  # attributes to look up for each result
+    required: frozenset[str]  # returned with an empty value when the entity has none
+    sources: frozenset[QueryLevel]  # whose stored attribute blobs the page query selects
+
+    def wants(self, *tags: str) -> bool:
+        return any(tag in self.tags for tag in tags)
+
+
+def _plan(query: ParsedQuery) -> _Plan:
+    """Decide the returned attributes (PS3.18 10.6.3.3) and what the page query must fetch.
+
+    Parent defaults are added only when the path does not already name the parent: the
+    study attributes for ``/series`` and ``/instances``, the series attributes for
+    ``/instances`` and ``/studies/{s}/instances`` (PS3.18 10.6.3.3.2 and 10.6.3.3.3).
+    """
+    level = query.level
+    defaults: list[str] = []
+    required: set[str] = set(query.match_tags)
+    if level is QueryLevel.STUDY or query.study_uid is None:
+        defaults += STUDY_RESULT
+        required |= STUDY_REQUIRED
+    if level is QueryLevel.SERIES or (level is QueryLevel.INSTANCE and query.series_uid is None):
+        defaults += SERIES_RESULT
+        required |= SERIES_REQUIRED
+    if level is QueryLevel.INSTANCE:
+        defaults += INSTANCE_RESULT
+    if query.include_all and level is QueryLevel.STUDY:
+        defaults += sorted(_STUDY_COUNTS | {_SOP_CLASSES})
+    if query.include_all and level is QueryLevel.SERIES:
+        defaults.append(_SERIES_INSTANCES)
+    wanted = [*defaults, *sorted(query.match_tags), *sorted(query.include_tags)]
+    # PS3.18 10.6.3.3: attributes of levels below the one searched are never returned.
+    tags = tuple(
+        tag for tag in dict.fromkeys(wanted) if _tag_level(tag, level).depth <= level.depth
+    )
+    sources = {
+        _tag_level(tag, level)
+        for tag in tags
+        if tag not in _STUDY_COMPUTED
+        and tag not in (_SERIES_INSTANCES, _RETRIEVE_URL, _AVAILABILITY)
+    }
+    if query.include_all:
+        sources.add(level)
+    return _Plan(tags=tags, required=frozenset(required), sources=frozenset(sources))
+
+
+# -- computed attributes, one GROUP BY per page -----------------------------------------------
+
+
+@dataclass(slots=True)
+class _StudyFacts:
+    modalities: set[str] = field(default_factory=set)
+    sop_classes: set[str] = field(default_factory=set)
+    series: int = 0
+    instances: int = 0
+
+
+def _study_facts(session: Session, plan: _Plan, study_pks: Sequence[int]) -> dict[int, _StudyFacts]:
+    facts: dict[int, _StudyFacts] = defaultdict(_StudyFacts)
+    if not study_pks:
+        return facts
+    if plan.wants(*_STUDY_COUNTS):
+        # One row per (study, modality): a series has one modality, so the per-modality
+        # series counts add up to the study's, and the instance counts likewise.
+        rows = session.execute(
+            select(
+                Series.study_pk,
+                Series.modality,
+                func.count(distinct(Series.pk)),
+                func.count(Instance.pk),
+            )
+            .outerjoin(Instance, Instance.series_pk == Series.pk)
+            .where(Series.study_pk.in_(study_pks))
+            .group_by(Series.study_pk, Series.modality)
+        )
+        for study_pk, modality, series_count, instance_count in rows:
+            entry = facts[study_pk]
+            entry.series += series_count
+            entry.instances += instance_count
+            if modality:
+                entry.modalities.add(modality)
+    if plan.wants(_SOP_CLASSES):
+        classes = session.execute(
+            select(Series.study_pk, Instance.sop_class_uid)
+            .join(Instance, Instance.series_pk == Series.pk)
+            .where(Series.study_pk.in_(study_pks))
+            .group_by(Series.study_pk, Instance.sop_class_uid)
+        )
+        for study_pk, sop_class_uid in classes:
+            facts[study_pk].sop_classes.add(sop_class_uid)
+    return facts
+
+
+def _series_instance_counts(session: Session, series_pks: Sequence[int]) -> dict[int, int]:
+    if not series_pks:
+        return {}
+    rows = session.execute(
+        select(Instance.series_pk, func.count())
+        .where(Instance.series_pk.in_(series_pks))
+        .group_by(Instance.series_pk)
+    )
+    return {series_pk: count for series_pk, count in rows}
+
+
+def _patient_counts(
+    session: Session, patient_ids: Iterable[str | None]
+) -> dict[str, tuple[int, int, int]]:
+    """Studies, series and instances per Patient ID (the index has no patient entity)."""
+    wanted = sorted({pid for pid in patient_ids if pid})
+    if not wanted:
+        return {}
+    rows = session.execute(
+        select(
+            Study.patient_id,
+            func.count(distinct(Study.pk)),
+            func.count(distinct(Series.pk)),
+            func.count(Instance.pk),
+        )
+        .join(Series, Series.study_pk == Study.pk)
+        .join(Instance, Instance.series_pk == Series.pk)
+        .where(Study.patient_id.in_(wanted))
+        .group_by(Study.patient_id)
+    )
+    return {str(pid): (studies, series, instances) for pid, studies, series, instances in rows}
+
+
+# -- assembling one result -------------------------------------------------------------------
+
+
+def _attribute(vr: str, values: Sequence[Any]) -> dict[str, Any]:
+    return {"vr": vr, "Value": list(values)} if values else {"vr": vr}
+
+
+def _empty(tag: str) -> dict[str, Any]:
+    try:
+        vr = str(dictionary_VR(int(tag, 16)))
+    except KeyError:
+        vr = "UN"
+    return {"vr": vr.split(" ")[0]}
+
+
+def _without_bulk(attribute: Any, *, drop_inline: bool) -> Any:
+    """`attribute` without bulk data references, or None when it is one (also in items)."""
+    if not isinstance(attribute, dict):
+        return attribute
+    if "BulkDataURI" in attribute or (drop_inline and "InlineBinary" in attribute):
+        return None
+    if attribute.get("vr") != "SQ" or not attribute.get("Value"):
+        return attribute
+    items = []
+    for item in attribute["Value"]:
+        if isinstance(item, dict):
+            kept = {}
+            for tag, value in item.items():
+                cleaned = _without_bulk(value, drop_inline=drop_inline)
+                if cleaned is not None:
+                    kept[tag] = cleaned
+            items.append(kept)
+        else:
+            items.append(item)
+    return {**attribute, "Value": items}
+
+
+@dataclass(slots=True)
+class _Context:
+    """Per-page data shared by the results: the plan and the computed attributes."""
+
+    query: ParsedQuery
+    plan: _Plan
+    base_url: str
+    studies: Mapping[int, _StudyFacts]
+    series_counts: Mapping[int, int]
+    patients: Mapping[str, tuple[int, int, int]]
+    # Parsed attribute blobs by (level, primary key): the instances of one series share
+    # their series' and study's blobs, which are then parsed once per page.
+    parsed: dict[tuple[QueryLevel, int], dict[str, Any]] = field(default_factory=dict)
+
+
+def _retrieve_url(context: _Context, row: Row[Any]) -> str:
+    url = f"{context.base_url}/studies/{row.study_uid}"
+    if context.query.level is not QueryLevel.STUDY:
+        url += f"/series/{row.series_uid}"
+    if context.query.level is QueryLevel.INSTANCE:
+        url += f"/instances/{row.sop_uid}"
+    return url
+
+
+def _computed(context: _Context, row: Row[Any], tag: str) -> dict[str, Any] | None:
+    if tag == _RETRIEVE_URL:
+        return _attribute("UR", [_retrieve_url(context, row)])
+    if tag == _AVAILABILITY:
+        # Every indexed instance is stored here and retrievable at once: Defined Term ONLINE.
+        return _attribute("CS", ["ONLINE"])
+    if tag == _SERIES_INSTANCES:
+        return _attribute("IS", [context.series_counts.get(row.series_pk, 0)])
+    if tag in _PATIENT_COUNTS:
+        patient_id = row._mapping.get("patient_id")
+        counts = context.patients.get(patient_id) if patient_id else None
+        if counts is None:
+            return None
+        index = (_PATIENT_STUDIES, _PATIENT_SERIES, _PATIENT_INSTANCES).index(tag)
+        return _attribute("IS", [counts[index]])
+    facts = context.studies.get(row.study_pk) or _StudyFacts()
+    if tag == _MODALITIES:
+        return _attribute("CS", sorted(facts.modalities))
+    if tag == _SOP_CLASSES:
+        return _attribute("UI", sorted(facts.sop_classes))
+    if tag == _STUDY_SERIES:
+        return _attribute("IS", [facts.series])
+    return _attribute("IS", [facts.instances])
+
+
+_SOURCE_COLUMNS: Final = {
+    QueryLevel.STUDY: "study_attributes",
+    QueryLevel.SERIES: "series_attributes",
+    QueryLevel.INSTANCE: "instance_metadata",
+}
+_KEY_COLUMNS: Final = {
+    QueryLevel.STUDY: "study_pk",
+    QueryLevel.SERIES: "series_pk",
+    QueryLevel.INSTANCE: "instance_pk",
+}
+
+
+def _source(context: _Context, row: Row[Any], level: QueryLevel) -> dict[str, Any]:
+    """The stored DICOM JSON of the row's entity at `level`, parsed once per page."""
+    mapping = row._mapping
+    key = (level, int(mapping[_KEY_COLUMNS[level]]))
+    found = context.parsed.get(key)
+    if found is None:
+        found = orjson.loads(mapping[_SOURCE_COLUMNS[level]])
+        context.parsed[key] = found
+    return found
+
+
+_COMPUTED_TAGS: Final = _STUDY_COMPUTED | {_SERIES_INSTANCES, _RETRIEVE_URL, _AVAILABILITY}
+
+
+def _result(context: _Context, row: Row[Any]) -> dict[str, Any]:
+    level = context.query.level
+    sources = {source: _source(context, row, source) for source in context.plan.sources}
+    result: dict[str, Any] = {}
+    if context.query.include_all:
+        for tag, value in sources[level].items():
+            cleaned = _without_bulk(value, drop_inline=True)
+            if cleaned is not None:
+                result[tag] = cleaned
+    for tag in context.plan.tags:
+        if tag in _COMPUTED_TAGS:
+            value = _computed(context, row, tag)
+        else:
+            value = _without_bulk(sources[_tag_level(tag, level)].get(tag), drop_inline=False)
+        if value is not None:
+            result[tag] = value
+        elif tag in context.plan.required:
+            result[tag] = _empty(tag)
+    return dict(sorted(result.items()))
+
+
+# -- the search ------------------------------------------------------------------------------
+
+
+@dataclass
+class SearchResult:
+    """One page of QIDO-RS results.
+
+    Attributes
+    ----------
+    items : list of dict
+        DICOM JSON datasets (PS3.18 Annex F), one per match, attributes in tag order.
+        Results of one page may share attribute objects (a study's attributes in the
+        results of its instances): treat them as read-only.
+    remaining : int or None
+        Matches beyond ``offset + len(items)``; 0 when the page is the last.
+    warnings : list of str
+        Texts for ``Warning: 299 <service>: <text>`` headers (PS3.18 8.3.4.4).
+    """
+
+    items: list[dict[str, Any]]
+    remaining: int | None
+    warnings: list[str]
+
+
+_PRIMARY_KEYS: Final = {
+    QueryLevel.STUDY: Study.pk,
+    QueryLevel.SERIES: Series.pk,
+    QueryLevel.INSTANCE: Instance.pk,
+}
+
+
+def _page_columns(query: ParsedQuery, plan: _Plan) -> list[Any]:
+    columns: list[Any] = [
+        Study.pk.label("study_pk"),
+        Study.study_instance_uid.label("study_uid"),
+    ]
+    if plan.wants(*_PATIENT_COUNTS):
+        columns.append(Study.patient_id.label("patient_id"))
+    if query.level is not QueryLevel.STUDY:
+        columns += [Series.pk.label("series_pk"), Series.series_instance_uid.label("series_uid")]
+    if query.level is QueryLevel.INSTANCE:
+        columns += [Instance.pk.label("instance_pk"), Instance.sop_instance_uid.label("sop_uid")]
+    blobs = {
+        QueryLevel.STUDY: Study.attributes,
+        QueryLevel.SERIES: Series.attributes,
+        QueryLevel.INSTANCE: Instance.metadata_json,
+    }
+    for source in sorted(plan.sources, key=lambda item: item.depth):
+        columns.append(blobs[source].label(_SOURCE_COLUMNS[source]))
+    return columns
+
+
+def search(session: Session, query: ParsedQuery, *, base_url: str) -> SearchResult:
+    """Run a parsed QIDO-RS search and build its page of DICOM JSON results.
+
+    Parameters
+    ----------
+    session : Session
+        An open index session; only read.
+    query : ParsedQuery
+        From :func:`parse_query`.
+    base_url : str
+        The absolute DICOMweb root as the client sees it, for Retrieve URL (0008,1190),
+        which PS3.18 10.6.3.3 requires to be usable by the client.
+
+    Returns
+    -------
+    SearchResult
+
+    Notes
+    -----
+    Results are ordered by the level's primary key (insertion order), so ``offset`` pages
+    are stable while nothing is deleted. The page query fetches ``limit + 1`` rows: only
+    when the extra row exists is a COUNT run for the exact number remaining. Computed
+    attributes (counts, Modalities in Study, SOP Classes in Study) are one GROUP BY query
+    each over the page's studies or series, so a study search costs 2 queries (3 with
+    SOP Classes in Study, +1 COUNT when more results remain), never one per result.
+    """
+    plan = _plan(query)
+    clauses = where_clauses(query)
+    page = (
+        select_level(query, clauses, *_page_columns(query, plan))
+        .order_by(_PRIMARY_KEYS[query.level])
+        .limit(query.limit + 1)
+        .offset(query.offset)
+    )
+    rows = list(session.execute(page).all())
+    more = len(rows) > query.limit
+    rows = rows[: query.limit]
+    remaining = 0
+    if more:
+        total = session.scalar(select_level(query, clauses, func.count()))
+        remaining = max(int(total or 0) - query.offset - len(rows), 1)
+
+    study_pks = sorted({row.study_pk for row in rows})
+    series_pks = (
+        sorted({row.series_pk for row in rows})
+        if query.level is not QueryLevel.STUDY and plan.wants(_SERIES_INSTANCES)
+        else []
+    )
+    context = _Context(
+        query=query,
+        plan=plan,
+        base_url=base_url.rstrip("/"),
+        studies=_study_facts(session, plan, study_pks),
+        series_counts=_series_instance_counts(session, series_pks),
+        patients=(
+            _patient_counts(session, (row._mapping.get("patient_id") for row in rows))
+            if plan.wants(*_PATIENT_COUNTS)
+            else {}
+        ),
+    )
+    warnings = list(query.warnings)
+    if remaining:
+        # PS3.18 8.3.4.4 (Response Pagination).
+        warnings.append(f"There are {remaining} additional results that can be requested")
+    return SearchResult(
+        items=[_result(context, row) for row in rows],
+        remaining=remaining,
+        warnings=warnings,
+    )

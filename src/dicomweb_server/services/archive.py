@@ -1,0 +1,65 @@
+"""The archive's long-lived resources, opened once per process and shared by every service."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicomweb_server.index.database import create_index_engine, session_factory
+from dicomweb_server.settings import Settings
+from dicomweb_server.storage import BlobStore, FilesystemBlobStore
+
+
+def _begin_immediate(engine: Engine) -> None:
+    """Make SQLite write transactions take the write lock at BEGIN.
+
+    A deferred SQLite transaction that reads and then writes fails at once with "database is
+    locked" when another writer committed meanwhile; BEGIN IMMEDIATE waits for the lock (up to
+    the busy timeout) instead, so concurrent stores queue rather than fail.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _no_implicit_begin(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _immediate(connection):  # type: ignore[no-untyped-def]
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+@dataclass
+class Archive:
+    """Settings, index engines and the blob store of one running archive."""
+
+    settings: Settings
+    engine: Engine
+    write_engine: Engine
+    sessions: sessionmaker[Session]
+    write_sessions: sessionmaker[Session]
+    blobs: BlobStore
+
+    @classmethod
+    def open(cls, settings: Settings) -> Archive:
+        url = settings.resolved_database_url
+        engine = create_index_engine(url, busy_timeout_ms=settings.sqlite_busy_timeout_ms)
+        if engine.dialect.name == "sqlite":
+            write_engine = create_index_engine(url, busy_timeout_ms=settings.sqlite_busy_timeout_ms)
+            _begin_immediate(write_engine)
+        else:
+            write_engine = engine
+        blobs = FilesystemBlobStore(settings.resolved_storage_path)
+        return cls(
+            settings=settings,
+            engine=engine,
+            write_engine=write_engine,
+            sessions=session_factory(engine),
+            write_sessions=session_factory(write_engine),
+            blobs=blobs,
+        )
+
+    def close(self) -> None:
+        self.engine.dispose()
+        if self.write_engine is not self.engine:
+            self.write_engine.dispose()

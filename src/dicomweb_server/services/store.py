@@ -1,0 +1,238 @@
+"""Store instances (STOW-RS, PS3.18 10.5, and bulk import) with two-phase durability.
+
+Every instance goes the same way, whether it came in a STOW-RS request or from
+``dicomweb-server import``:
+
+1. its bytes are written to a staging file while being hashed, then fsync'd;
+2. the staging file is parsed once and everything later reads need is computed
+   (:func:`dicomweb_server.dicom.parse.parse_instance`);
+3. the blob keys of a batch are committed to the index as *intents*;
+4. each blob is committed to the store (atomic rename, directory fsync);
+5. the instance rows are inserted and the intents removed in one transaction.
+
+A crash before 5 leaves intents whose blobs start-up recovery deletes; after 5 everything is
+durable, and only then is the instance acknowledged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import orjson
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from dicomweb_server.dicom import status
+from dicomweb_server.dicom.parse import InvalidInstance, ParsedInstance, parse_instance
+from dicomweb_server.index import repository
+from dicomweb_server.index.records import build_record
+from dicomweb_server.index.repository import SeriesStudyMismatch, StoredBlob
+from dicomweb_server.services.archive import Archive
+from dicomweb_server.storage import StagedBlob, new_blob_key
+
+
+@dataclass(slots=True)
+class StoreOutcome:
+    """What happened to one part of a store request."""
+
+    sop_class_uid: str | None = None
+    sop_instance_uid: str | None = None
+    study_instance_uid: str | None = None
+    series_instance_uid: str | None = None
+    stored: bool = False
+    already_present: bool = False
+    failure_reason: int | None = None
+    warning_reason: int | None = None
+    message: str = ""
+
+
+@dataclass(slots=True)
+class PreparedPart:
+    """A staged part after parsing: ready to commit, or already failed."""
+
+    staged: StagedBlob | None
+    parsed: ParsedInstance | None
+    outcome: StoreOutcome
+
+
+def bulk_data_path(study: str, series: str, instance: str, path: str) -> str:
+    """The stored (base-relative) BulkDataURI of a value; the base is added when serving."""
+    return f"/studies/{study}/series/{series}/instances/{instance}/bulk/{path}"
+
+
+def failed(reason: int, message: str, parsed: ParsedInstance | None = None) -> StoreOutcome:
+    outcome = identify(parsed) if parsed is not None else StoreOutcome()
+    outcome.failure_reason = reason
+    outcome.message = message
+    return outcome
+
+
+def identify(parsed: ParsedInstance) -> StoreOutcome:
+    """An outcome naming the instance, to be completed by the commit."""
+    return StoreOutcome(
+        sop_class_uid=parsed.sop_class_uid,
+        sop_instance_uid=parsed.sop_instance_uid,
+        study_instance_uid=parsed.study_instance_uid,
+        series_instance_uid=parsed.series_instance_uid,
+    )
+
+
+def prepare(archive: Archive, staged: StagedBlob, expected_study: str | None) -> PreparedPart:
+    """Parse a staged part and check it against the request; blocking (run in a thread)."""
+    try:
+        parsed = parse_instance(
+            staged.path,
+            bulk_data_threshold=archive.settings.bulk_data_threshold,
+            bulk_uri=bulk_data_path,
+        )
+    except InvalidInstance as exc:
+        staged.path.unlink(missing_ok=True)
+        return PreparedPart(None, None, failed(exc.failure_reason, exc.reason))
+    if expected_study is not None and parsed.study_instance_uid != expected_study:
+        staged.path.unlink(missing_ok=True)
+        return PreparedPart(
+            None,
+            None,
+            failed(
+                status.STUDY_UID_MISMATCH,
+                f"Study Instance UID {parsed.study_instance_uid} does not match the "
+                f"study {expected_study} of the request URL",
+                parsed,
+            ),
+        )
+    return PreparedPart(staged, parsed, identify(parsed))
+
+
+def _blob_row(parsed: ParsedInstance, staged: StagedBlob, key: str) -> StoredBlob:
+    bulk = [[value.path, value.vr, value.offset, value.length] for value in parsed.bulk]
+    return StoredBlob(
+        blob_key=key,
+        sha256=staged.sha256,
+        size=staged.size,
+        bulk_json=orjson.dumps(bulk) if bulk else None,
+        pixel_layout_json=orjson.dumps(parsed.pixel.to_json()) if parsed.pixel else None,
+        deflated=parsed.deflated,
+    )
+
+
+def _settle_existing(archive: Archive, session: Session, part: PreparedPart) -> bool:
+    """Handle a part whose SOP Instance UID is already stored; True when it needs no blob."""
+    assert part.parsed is not None and part.staged is not None
+    existing = repository.find_instance(session, part.parsed.sop_instance_uid)
+    if existing is None:
+        return False
+    if existing.sha256 == part.staged.sha256:
+        part.outcome.stored = True
+        part.outcome.already_present = True
+        return True
+    if archive.settings.allow_overwrite:
+        return False
+    part.outcome.failure_reason = status.DUPLICATE_SOP_INSTANCE
+    part.outcome.message = (
+        "an instance with this SOP Instance UID and different content is already stored"
+    )
+    return True
+
+
+def commit_batch(archive: Archive, parts: Sequence[PreparedPart]) -> None:
+    """Commit prepared parts durably, filling in each part's outcome; blocking."""
+    todo = [part for part in parts if part.parsed is not None and part.staged is not None]
+    if not todo:
+        return
+    with archive.sessions() as session:
+        pending = [part for part in todo if not _settle_existing(archive, session, part)]
+    for part in todo:
+        if part not in pending and part.staged is not None:
+            part.staged.path.unlink(missing_ok=True)
+    if not pending:
+        return
+
+    keys = {id(part): new_blob_key(part.staged.sha256) for part in pending if part.staged}
+    with archive.write_sessions.begin() as session:
+        repository.add_intents(session, keys.values())
+    for part in pending:
+        assert part.staged is not None
+        archive.blobs.commit(part.staged, keys[id(part)])
+
+    discarded: list[str] = []  # new blobs no row will reference: safe to drop before commit
+    replaced: list[str] = []  # old blobs of overwritten rows: only droppable after commit
+    with archive.write_sessions.begin() as session:
+        for part in pending:
+            _insert_one(archive, session, part, keys[id(part)], discarded, replaced)
+        for key in discarded:
+            archive.blobs.delete(key)
+        repository.remove_intents(session, list(keys.values()))
+    if replaced:
+        for key in replaced:
+            archive.blobs.delete(key)
+        with archive.write_sessions.begin() as session:
+            repository.remove_intents(session, replaced)
+
+
+def _insert_one(
+    archive: Archive,
+    session: Session,
+    part: PreparedPart,
+    key: str,
+    discarded: list[str],
+    replaced: list[str],
+) -> None:
+    assert part.parsed is not None and part.staged is not None
+    parsed, outcome = part.parsed, part.outcome
+    record = build_record(parsed.metadata, parsed.transfer_syntax_uid)
+    blob = _blob_row(parsed, part.staged, key)
+    try:
+        with session.begin_nested():
+            existing = repository.find_instance(session, parsed.sop_instance_uid)
+            if existing is None:
+                repository.insert_instance(session, record, blob)
+            elif existing.sha256 == blob.sha256:
+                outcome.stored = outcome.already_present = True
+                discarded.append(key)
+                return
+            elif archive.settings.allow_overwrite:
+                old_key = existing.blob_key
+                repository.add_intents(session, [old_key])
+                repository.replace_instance(session, existing, record, blob)
+                replaced.append(old_key)
+            else:
+                outcome.failure_reason = status.DUPLICATE_SOP_INSTANCE
+                outcome.message = (
+                    "an instance with this SOP Instance UID and different content is already stored"
+                )
+                discarded.append(key)
+                return
+        outcome.stored = True
+    except SeriesStudyMismatch:
+        outcome.failure_reason = status.DATASET_DOES_NOT_MATCH_SOP_CLASS
+        outcome.message = (
+            f"Series Instance UID {parsed.series_instance_uid} is already stored in another study"
+        )
+        discarded.append(key)
+    except IntegrityError:
+        # A concurrent request stored the same SOP Instance between our check and insert.
+        existing = repository.find_instance(session, parsed.sop_instance_uid)
+        discarded.append(key)
+        if existing is not None and existing.sha256 == blob.sha256:
+            outcome.stored = outcome.already_present = True
+        else:
+            outcome.failure_reason = status.DUPLICATE_SOP_INSTANCE
+            outcome.message = "a different instance with this SOP Instance UID was stored meanwhile"
+
+
+def recover(archive: Archive) -> tuple[int, int]:
+    """Undo what an interrupted process left behind; returns (staging files, orphan blobs).
+
+    Must run before the archive serves requests (``serve`` and ``import`` call it first), as
+    it cannot tell an in-flight store from an interrupted one.
+    """
+    staging = archive.blobs.clear_staging()
+    with archive.write_sessions.begin() as session:
+        keys = repository.pending_intents(session)
+        referenced = repository.referenced_keys(session, keys)
+        orphans = [key for key in set(keys) if key not in referenced]
+        for key in orphans:
+            archive.blobs.delete(key)
+        repository.remove_intents(session, keys)
+    return staging, len(orphans)

@@ -1,0 +1,72 @@
+"""The dicomweb-server command line."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+from dicomweb_server import __version__
+from tests.dicom_files import bundled_path, make_ct
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dicomweb_server.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+def test_version() -> None:
+    result = run("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"dicomweb-server {__version__}"
+
+
+def test_db_upgrade_creates_the_schema(tmp_path: Path) -> None:
+    result = run("db", "upgrade", "--data-dir", str(tmp_path / "data"))
+    assert result.returncode == 0, result.stderr
+    with sqlite3.connect(tmp_path / "data" / "index.sqlite") as db:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert {"studies", "series", "instances", "blob_intents", "alembic_version"} <= tables
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_import_folder_summary_and_exit_codes(tmp_path: Path) -> None:
+    source = tmp_path / "in"
+    (source / "nested" / "deeper").mkdir(parents=True)
+    names = ["CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "rtdose.dcm"]
+    for name in names:
+        shutil.copy(bundled_path(name), source / "nested" / name)
+    (source / "deeper.dcm").write_bytes(make_ct())
+    (source / "nested" / "deeper" / "README.txt").write_text("not DICOM")
+    data = tmp_path / "data"
+    first = run("import", str(source), "--data-dir", str(data))
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "stored 5, already present 0, rejected 0, skipped (not DICOM) 1" in first.stdout
+    assert "file" in first.stderr  # the progress bar
+    again = run("import", str(source), "--data-dir", str(data), "--quiet")
+    assert "stored 0, already present 5, rejected 0" in again.stdout
+    assert again.returncode == 0
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    truncated = make_ct()[:400]
+    (bad / "truncated.dcm").write_bytes(truncated)
+    result = run(
+        "import", str(bad), str(bundled_path("MR_small.dcm")), "--data-dir", str(data), "--quiet"
+    )
+    assert result.returncode == 1
+    assert "rejected 1" in result.stdout
+    assert "truncated.dcm: 0xC000" in result.stdout
+
+
+def test_import_missing_path(tmp_path: Path) -> None:
+    result = run("import", str(tmp_path / "nope"), "--data-dir", str(tmp_path / "data"))
+    assert result.returncode == 2
+    assert "no such file or folder" in result.stderr
