@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
 from fastapi import FastAPI
 
 from dicomweb_server import __version__
 from dicomweb_server.api import delete, health, qido, stow, wado
 from dicomweb_server.api.errors import install_error_handlers
 from dicomweb_server.services.archive import Archive
+from dicomweb_server.services.group_commit import GroupCommitter
 from dicomweb_server.settings import Settings
 
 
@@ -21,10 +23,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         archive = Archive.open(settings)
+        committer = GroupCommitter(archive)
         app.state.archive = archive
+        app.state.committer = committer
         try:
             yield
         finally:
+            await anyio.to_thread.run_sync(committer.close)
             archive.close()
 
     app = FastAPI(

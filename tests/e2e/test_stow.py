@@ -274,3 +274,14 @@ def test_xml_response_when_asked(http: httpx.Client) -> None:
     root = etree.fromstring(response.content)
     ns = {"d": "http://dicom.nema.org/PS3.19/models/NativeDICOM"}
     assert root.xpath("//d:DicomAttribute[@tag='00081199']", namespaces=ns)
+
+
+def test_series_already_in_another_study_is_refused_without_debris(http: httpx.Client) -> None:
+    series = generate_uid()
+    first = make_ct(series_uid=series)
+    assert stow(http, [first]).status_code == 200
+    other_study = generate_uid()
+    response = stow(http, [make_ct(study_uid=other_study, series_uid=series)])
+    assert response.status_code == 409
+    assert response.json()["00081198"]["Value"][0]["00081197"]["Value"] == [0xA900]
+    assert http.get("/studies", params={"StudyInstanceUID": other_study}).status_code == 204

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from dicomweb_server.index.qido import ParsedQuery, QueryLevel, SearchResult, parse_query, search
 from dicomweb_server.index.records import build_record
-from dicomweb_server.index.repository import StoredBlob, insert_instance
+from dicomweb_server.index.repository import LevelCache, StoredBlob, insert_instance
 
 BASE_URL = "http://127.0.0.1:8042/dicom-web"
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -58,7 +58,7 @@ def store(session: Session, *datasets: dict[str, Any]) -> None:
             pixel_layout_json=None,
             deflated=False,
         )
-        insert_instance(session, build_record(dataset, EXPLICIT_LE), blob)
+        insert_instance(session, build_record(dataset, EXPLICIT_LE), blob, LevelCache())
     session.commit()
 
 

@@ -6,6 +6,7 @@ import logging
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -36,6 +37,18 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code >= 500:
             log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
         return error_response(request, exc.status_code, exc.message)
+
+    @app.exception_handler(DBAPIError)
+    async def _index_error(request: Request, exc: DBAPIError) -> Response:
+        log.error("%s %s: index error: %s", request.method, request.url.path, exc)
+        return error_response(request, 503, "the index database is unavailable; retry later")
+
+    @app.exception_handler(OSError)
+    async def _storage_error(request: Request, exc: OSError) -> Response:
+        log.error("%s %s: storage error: %s", request.method, request.url.path, exc)
+        return error_response(
+            request, 503, f"the blob store is unavailable ({exc.strerror or exc}); retry later"
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:

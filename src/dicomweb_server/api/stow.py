@@ -21,6 +21,7 @@ from dicomweb_server.dicom.xml_model import dataset_to_xml
 from dicomweb_server.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from dicomweb_server.services import store
 from dicomweb_server.services.archive import Archive
+from dicomweb_server.services.group_commit import GroupCommitter
 from dicomweb_server.services.stow_response import stow_response, stow_status
 from dicomweb_server.storage import StagingWriter
 
@@ -54,14 +55,16 @@ def _boundary(request: Request) -> str:
 class _Ingest:
     """Per-request state: the part being staged and the batch waiting to be committed."""
 
-    def __init__(self, archive: Archive, study_uid: str | None) -> None:
+    def __init__(self, archive: Archive, committer: GroupCommitter, study_uid: str | None) -> None:
         self.archive = archive
+        self.committer = committer
         self.study_uid = study_uid
         self.writer: StagingWriter | None = None
         self.buffer = bytearray()
         self.rejected: store.StoreOutcome | None = None
         self.batch: list[store.PreparedPart] = []
         self.outcomes: list[store.StoreOutcome] = []
+        self.received = 0
 
     async def start(self, headers: dict[str, str]) -> None:
         part_type = headers.get("content-type")
@@ -78,6 +81,13 @@ class _Ingest:
         self.writer = await anyio.to_thread.run_sync(self.archive.blobs.staging_writer)
 
     async def data(self, chunk: bytes) -> None:
+        # Content-Length is checked up front; chunked bodies are counted as they stream.
+        self.received += len(chunk)
+        if self.received > self.archive.settings.max_request_bytes:
+            raise PayloadTooLarge(
+                "the request body exceeds the limit of "
+                f"{self.archive.settings.max_request_bytes} bytes"
+            )
         if self.writer is None:
             return
         self.buffer += chunk
@@ -108,8 +118,16 @@ class _Ingest:
 
     async def flush(self) -> None:
         batch, self.batch = self.batch, []
-        if batch:
-            await anyio.to_thread.run_sync(store.commit_batch, self.archive, batch)
+        if not batch:
+            return
+        try:
+            await self.committer.commit(batch)
+        except BaseException:
+            # Committed blobs are covered by their intents; what is still staged goes now.
+            for part in batch:
+                if part.staged is not None:
+                    part.staged.path.unlink(missing_ok=True)
+            raise
 
     async def abort(self) -> None:
         writer, self.writer = self.writer, None
@@ -131,7 +149,7 @@ async def _store(request: Request, archive: Archive, study_uid: str | None) -> R
         raise PayloadTooLarge(
             f"the request body exceeds the limit of {archive.settings.max_request_bytes} bytes"
         )
-    ingest = _Ingest(archive, study_uid)
+    ingest = _Ingest(archive, request.app.state.committer, study_uid)
     truncated: str | None = None
     try:
         async for event in read_multipart(

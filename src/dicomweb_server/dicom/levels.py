@@ -35,6 +35,11 @@ PATIENT_TAGS: frozenset[str] = frozenset(
         "00102201",  # PatientSpeciesDescription
         "00102292",  # PatientBreedDescription
         "00104000",  # PatientComments
+        "00101040",  # PatientAddress
+        "00101090",  # MedicalRecordLocator
+        "00102000",  # MedicalAlerts
+        "00102110",  # Allergies
+        "00102154",  # PatientTelephoneNumbers
         "00120062",  # PatientIdentityRemoved
         "00120063",  # DeidentificationMethod
         "00120064",  # DeidentificationMethodCodeSequence
@@ -63,6 +68,10 @@ STUDY_TAGS: frozenset[str] = frozenset(
         "001021B0",  # AdditionalPatientHistory
         "00321060",  # RequestedProcedureDescription
         "00321032",  # RequestingPhysician
+        "00324000",  # StudyComments
+        "00081080",  # AdmittingDiagnosesDescription
+        "00380010",  # AdmissionID
+        "001021C0",  # PregnancyStatus
     }
 )
 

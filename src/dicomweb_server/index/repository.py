@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from typing import cast
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import Connection, Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from dicomweb_server.index.models import BlobIntent, Instance, Series, SeriesRequest, Study
+from dicomweb_server.index.models import Base, BlobIntent, Instance, Series, SeriesRequest, Study
 from dicomweb_server.index.records import InstanceRecord
 
 
@@ -30,94 +31,206 @@ class StoredBlob:
     deflated: bool
 
 
-def _insert(session: Session, table: type[Study] | type[Series]):  # type: ignore[no-untyped-def]
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        return postgresql.insert(table)
-    return sqlite.insert(table)
+def _table(model: type[Base]) -> Table:
+    return cast(Table, model.__table__)
 
 
-def _get_or_create_study(session: Session, record: InstanceRecord) -> int:
+class _Statements:
+    """The write path's statements, built once per dialect and executed with parameters.
+
+    Building a statement per call (``insert(...).values(**row)``) makes SQLAlchemy derive a
+    cache key from every value each time, which cost more CPU than everything else in a
+    store; prepared statements on the tables skip that and the ORM entirely.
+    """
+
+    def __init__(self, dialect: str) -> None:
+        insert_for = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        studies, series = _table(Study), _table(Series)
+        instances, intents = _table(Instance), _table(BlobIntent)
+        self.study_pk = select(studies.c.pk).where(studies.c.study_instance_uid == bindparam("uid"))
+        self.insert_study = insert_for(studies).on_conflict_do_nothing(
+            index_elements=["study_instance_uid"]
+        )
+        self.series = (
+            select(series.c.pk, series.c.study_pk, studies.c.study_instance_uid)
+            .join(studies, series.c.study_pk == studies.c.pk)
+            .where(series.c.series_instance_uid == bindparam("uid"))
+        )
+        self.insert_series = (
+            insert_for(series)
+            .on_conflict_do_nothing(index_elements=["series_instance_uid"])
+            .returning(series.c.pk)
+        )
+        self.insert_request = insert(_table(SeriesRequest))
+        self.insert_instance = (
+            insert_for(instances)
+            .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
+            .returning(instances.c.pk)
+        )
+        self.update_instance = update(instances).where(instances.c.pk == bindparam("target_pk"))
+        self.instance_series = select(instances.c.series_pk).where(
+            instances.c.pk == bindparam("target_pk")
+        )
+        self.states = select(
+            instances.c.sop_instance_uid, instances.c.pk, instances.c.sha256, instances.c.blob_key
+        ).where(instances.c.sop_instance_uid.in_(bindparam("uids", expanding=True)))
+        self.insert_intent = insert(intents)
+        self.delete_intents = delete(intents).where(
+            intents.c.blob_key.in_(bindparam("keys", expanding=True))
+        )
+
+
+_STATEMENTS: dict[str, _Statements] = {}
+
+
+def _connection(target: Connection | Session) -> Connection:
+    return target.connection() if isinstance(target, Session) else target
+
+
+def _prepared(connection: Connection) -> _Statements:
+    name = connection.dialect.name
+    statements = _STATEMENTS.get(name)
+    if statements is None:
+        statements = _STATEMENTS[name] = _Statements(name)
+    return statements
+
+
+@dataclass(slots=True)
+class LevelCache:
+    """Study and series keys already resolved in this transaction (a batch shares them)."""
+
+    studies: dict[str, int] = field(default_factory=dict)
+    #: series UID -> (series pk, study pk, Study Instance UID)
+    series: dict[str, tuple[int, int, str]] = field(default_factory=dict)
+
+
+def _stored_series(
+    connection: Connection, uid: str, cache: LevelCache
+) -> tuple[int, int, str] | None:
+    found = cache.series.get(uid)
+    if found is None:
+        row = connection.execute(_prepared(connection).series, {"uid": uid}).first()
+        if row is not None:
+            found = cache.series[uid] = (int(row[0]), int(row[1]), str(row[2]))
+    return found
+
+
+def _study_pk(connection: Connection, record: InstanceRecord, cache: LevelCache) -> int:
+    statements = _prepared(connection)
     uid = record.study.study_instance_uid
-    pk = session.scalar(select(Study.pk).where(Study.study_instance_uid == uid))
-    if pk is not None:
-        return pk
-    statement = (
-        _insert(session, Study)
-        .values(**asdict(record.study))
-        .on_conflict_do_nothing(index_elements=["study_instance_uid"])
-    )
-    session.execute(statement)
-    pk = session.scalar(select(Study.pk).where(Study.study_instance_uid == uid))
-    assert pk is not None
-    return pk
+    pk = cache.studies.get(uid)
+    if pk is None:
+        pk = connection.execute(statements.study_pk, {"uid": uid}).scalar()
+    if pk is None:
+        connection.execute(statements.insert_study, asdict(record.study))
+        pk = connection.execute(statements.study_pk, {"uid": uid}).scalar()
+        assert pk is not None
+    cache.studies[uid] = int(pk)
+    return int(pk)
 
 
-def _get_or_create_series(session: Session, record: InstanceRecord, study_pk: int) -> int:
+def _series_pk(connection: Connection, record: InstanceRecord, cache: LevelCache) -> int:
+    """The series' key, creating study and series; refuses a series filed under another study."""
     uid = record.series.series_instance_uid
-    row = session.execute(
-        select(Series.pk, Series.study_pk).where(Series.series_instance_uid == uid)
-    ).first()
-    if row is None:
+    study_uid = record.study.study_instance_uid
+    found = _stored_series(connection, uid, cache)
+    if found is None:
+        study_pk = _study_pk(connection, record, cache)
         values = asdict(record.series)
         requests = values.pop("requests")
-        statement = (
-            _insert(session, Series)
-            .values(study_pk=study_pk, **values)
-            .on_conflict_do_nothing(index_elements=["series_instance_uid"])
-        )
-        result = session.execute(statement)
-        row = session.execute(
-            select(Series.pk, Series.study_pk).where(Series.series_instance_uid == uid)
-        ).first()
-        assert row is not None
-        if getattr(result, "rowcount", 0) and requests:
-            session.add_all(SeriesRequest(series_pk=row.pk, **item) for item in requests)
-    if row.study_pk != study_pk:
+        statements = _prepared(connection)
+        created = connection.execute(
+            statements.insert_series, {"study_pk": study_pk, **values}
+        ).scalar()
+        if created is not None:
+            found = cache.series[uid] = (int(created), study_pk, study_uid)
+            if requests:
+                connection.execute(
+                    statements.insert_request,
+                    [{"series_pk": created, **item} for item in requests],
+                )
+        else:  # created by a concurrent transaction meanwhile
+            found = _stored_series(connection, uid, cache)
+            assert found is not None
+    if found[2] != study_uid:
         raise SeriesStudyMismatch(uid)
-    return int(row.pk)
+    return found[0]
 
 
 def insert_instance(
-    session: Session,
-    record: InstanceRecord,
-    blob: StoredBlob,
-) -> Instance:
-    """Add an instance (creating its study and series); the caller commits.
+    target: Connection | Session, record: InstanceRecord, blob: StoredBlob, cache: LevelCache
+) -> bool:
+    """Add an instance, creating its study and series; False when its UID is already stored.
 
-    Raises ``sqlalchemy.exc.IntegrityError`` when the SOP Instance UID is already stored
-    (possibly by a concurrent request) and :class:`SeriesStudyMismatch`.
+    ``ON CONFLICT DO NOTHING`` rather than catching an integrity error keeps the transaction
+    usable on PostgreSQL when a concurrent request stored the same instance first. Raises
+    :class:`SeriesStudyMismatch` before writing anything. The caller commits.
     """
-    study_pk = _get_or_create_study(session, record)
-    series_pk = _get_or_create_series(session, record, study_pk)
-    instance = Instance(series_pk=series_pk, **asdict(record.instance), **asdict(blob))
-    session.add(instance)
-    session.flush()
-    return instance
+    connection = _connection(target)
+    series_pk = _series_pk(connection, record, cache)
+    created = connection.execute(
+        _prepared(connection).insert_instance,
+        {"series_pk": series_pk, **asdict(record.instance), **asdict(blob)},
+    ).scalar()
+    return created is not None
 
 
 def replace_instance(
-    session: Session, existing: Instance, record: InstanceRecord, blob: StoredBlob
+    target: Connection | Session,
+    instance_pk: int,
+    record: InstanceRecord,
+    blob: StoredBlob,
+    cache: LevelCache,
 ) -> None:
-    """Point an existing instance row at new bytes (overwrite allowed by settings)."""
-    for name, value in asdict(record.instance).items():
-        setattr(existing, name, value)
-    for name, value in asdict(blob).items():
-        setattr(existing, name, value)
-    session.flush()
+    """Point a stored instance at new bytes (overwrite allowed), moving it if its series changed."""
+    connection = _connection(target)
+    statements = _prepared(connection)
+    series_pk = _series_pk(connection, record, cache)
+    old_series = connection.execute(statements.instance_series, {"target_pk": instance_pk}).scalar()
+    connection.execute(
+        statements.update_instance,
+        {
+            "target_pk": instance_pk,
+            "series_pk": series_pk,
+            **asdict(record.instance),
+            **asdict(blob),
+        },
+    )
+    if old_series is not None and old_series != series_pk:
+        _delete_empty_levels(connection, {int(old_series)})
 
 
-def find_instance(session: Session, sop_instance_uid: str) -> Instance | None:
-    return session.scalar(select(Instance).where(Instance.sop_instance_uid == sop_instance_uid))
+@dataclass(frozen=True, slots=True)
+class StoredState:
+    """What the index holds for a SOP Instance UID: enough to decide duplicate or conflict."""
+
+    pk: int
+    sha256: str
+    blob_key: str
 
 
-def add_intents(session: Session, keys: Iterable[str]) -> None:
-    session.add_all(BlobIntent(blob_key=key) for key in keys)
+def stored_states(
+    target: Connection | Session, sop_instance_uids: Sequence[str]
+) -> dict[str, StoredState]:
+    """The stored state of each given SOP Instance UID that is in the index (one query)."""
+    if not sop_instance_uids:
+        return {}
+    connection = _connection(target)
+    rows = connection.execute(_prepared(connection).states, {"uids": list(sop_instance_uids)})
+    return {row[0]: StoredState(int(row[1]), row[2], row[3]) for row in rows}
 
 
-def remove_intents(session: Session, keys: Sequence[str]) -> None:
+def add_intents(target: Connection | Session, keys: Iterable[str]) -> None:
+    rows = [{"blob_key": key} for key in keys]
+    if rows:
+        connection = _connection(target)
+        connection.execute(_prepared(connection).insert_intent, rows)
+
+
+def remove_intents(target: Connection | Session, keys: Sequence[str]) -> None:
     if keys:
-        session.execute(delete(BlobIntent).where(BlobIntent.blob_key.in_(list(keys))))
+        connection = _connection(target)
+        connection.execute(_prepared(connection).delete_intents, {"keys": list(keys)})
 
 
 def pending_intents(session: Session, older_than: datetime | None = None) -> list[str]:
@@ -148,25 +261,31 @@ def delete_instances(session: Session, instance_pks: Sequence[int]) -> list[str]
     series_pks = {row.series_pk for row in rows}
     add_intents(session, keys)
     session.execute(delete(Instance).where(Instance.pk.in_(instance_pks)))
-    if series_pks:
-        empty_series = list(
-            session.scalars(
-                select(Series.pk)
-                .where(Series.pk.in_(series_pks))
-                .where(~select(Instance.pk).where(Instance.series_pk == Series.pk).exists())
-            )
-        )
-        study_pks = set(session.scalars(select(Series.study_pk).where(Series.pk.in_(series_pks))))
-        if empty_series:
-            session.execute(delete(SeriesRequest).where(SeriesRequest.series_pk.in_(empty_series)))
-            session.execute(delete(Series).where(Series.pk.in_(empty_series)))
-        if study_pks:
-            session.execute(
-                delete(Study)
-                .where(Study.pk.in_(study_pks))
-                .where(~select(Series.pk).where(Series.study_pk == Study.pk).exists())
-            )
+    _delete_empty_levels(session, series_pks)
     return keys
+
+
+def _delete_empty_levels(session: Connection | Session, series_pks: set[int]) -> None:
+    """Remove series without instances among ``series_pks``, then studies without series."""
+    if not series_pks:
+        return
+    empty_series = list(
+        session.scalars(
+            select(Series.pk)
+            .where(Series.pk.in_(series_pks))
+            .where(~select(Instance.pk).where(Instance.series_pk == Series.pk).exists())
+        )
+    )
+    study_pks = set(session.scalars(select(Series.study_pk).where(Series.pk.in_(series_pks))))
+    if empty_series:
+        session.execute(delete(SeriesRequest).where(SeriesRequest.series_pk.in_(empty_series)))
+        session.execute(delete(Series).where(Series.pk.in_(empty_series)))
+    if study_pks:
+        session.execute(
+            delete(Study)
+            .where(Study.pk.in_(study_pks))
+            .where(~select(Series.pk).where(Series.study_pk == Study.pk).exists())
+        )
 
 
 def count_instances(session: Session) -> int:

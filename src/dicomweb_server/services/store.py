@@ -20,8 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import orjson
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection
 
 from dicomweb_server.dicom import status
 from dicomweb_server.dicom.parse import InvalidInstance, ParsedInstance, parse_instance
@@ -116,21 +115,26 @@ def _blob_row(parsed: ParsedInstance, staged: StagedBlob, key: str) -> StoredBlo
     )
 
 
-def _settle_existing(archive: Archive, session: Session, part: PreparedPart) -> bool:
-    """Handle a part whose SOP Instance UID is already stored; True when it needs no blob."""
-    assert part.parsed is not None and part.staged is not None
-    existing = repository.find_instance(session, part.parsed.sop_instance_uid)
+def _refused_duplicate(outcome: StoreOutcome, message: str) -> None:
+    outcome.failure_reason = status.DUPLICATE_SOP_INSTANCE
+    outcome.message = message
+
+
+def _settle_existing(
+    archive: Archive, part: PreparedPart, existing: repository.StoredState | None
+) -> bool:
+    """Settle a part whose SOP Instance UID is already stored; True when it needs no blob."""
+    assert part.staged is not None
     if existing is None:
         return False
     if existing.sha256 == part.staged.sha256:
-        part.outcome.stored = True
-        part.outcome.already_present = True
+        part.outcome.stored = part.outcome.already_present = True
         return True
     if archive.settings.allow_overwrite:
         return False
-    part.outcome.failure_reason = status.DUPLICATE_SOP_INSTANCE
-    part.outcome.message = (
-        "an instance with this SOP Instance UID and different content is already stored"
+    _refused_duplicate(
+        part.outcome,
+        "an instance with this SOP Instance UID and different content is already stored",
     )
     return True
 
@@ -140,8 +144,14 @@ def commit_batch(archive: Archive, parts: Sequence[PreparedPart]) -> None:
     todo = [part for part in parts if part.parsed is not None and part.staged is not None]
     if not todo:
         return
-    with archive.sessions() as session:
-        pending = [part for part in todo if not _settle_existing(archive, session, part)]
+    uids = [part.outcome.sop_instance_uid or "" for part in todo]
+    with archive.engine.connect() as connection:
+        existing = repository.stored_states(connection, uids)
+    pending = [
+        part
+        for part in todo
+        if not _settle_existing(archive, part, existing.get(part.outcome.sop_instance_uid or ""))
+    ]
     for part in todo:
         if part not in pending and part.staged is not None:
             part.staged.path.unlink(missing_ok=True)
@@ -149,32 +159,34 @@ def commit_batch(archive: Archive, parts: Sequence[PreparedPart]) -> None:
         return
 
     keys = {id(part): new_blob_key(part.staged.sha256) for part in pending if part.staged}
-    with archive.write_sessions.begin() as session:
-        repository.add_intents(session, keys.values())
+    with archive.write_engine.begin() as connection:
+        repository.add_intents(connection, keys.values())
     for part in pending:
         assert part.staged is not None
         archive.blobs.commit(part.staged, keys[id(part)])
 
     discarded: list[str] = []  # new blobs no row will reference: safe to drop before commit
     replaced: list[str] = []  # old blobs of overwritten rows: only droppable after commit
-    with archive.write_sessions.begin() as session:
+    with archive.write_engine.begin() as connection:
+        cache = repository.LevelCache()
         for part in pending:
-            _insert_one(archive, session, part, keys[id(part)], discarded, replaced)
+            _insert_one(archive, connection, part, keys[id(part)], cache, discarded, replaced)
         for key in discarded:
             archive.blobs.delete(key)
-        repository.remove_intents(session, list(keys.values()))
+        repository.remove_intents(connection, list(keys.values()))
     if replaced:
         for key in replaced:
             archive.blobs.delete(key)
-        with archive.write_sessions.begin() as session:
-            repository.remove_intents(session, replaced)
+        with archive.write_engine.begin() as connection:
+            repository.remove_intents(connection, replaced)
 
 
 def _insert_one(
     archive: Archive,
-    session: Session,
+    connection: Connection,
     part: PreparedPart,
     key: str,
+    cache: repository.LevelCache,
     discarded: list[str],
     replaced: list[str],
 ) -> None:
@@ -183,42 +195,31 @@ def _insert_one(
     record = build_record(parsed.metadata, parsed.transfer_syntax_uid)
     blob = _blob_row(parsed, part.staged, key)
     try:
-        with session.begin_nested():
-            existing = repository.find_instance(session, parsed.sop_instance_uid)
-            if existing is None:
-                repository.insert_instance(session, record, blob)
-            elif existing.sha256 == blob.sha256:
-                outcome.stored = outcome.already_present = True
-                discarded.append(key)
-                return
-            elif archive.settings.allow_overwrite:
-                old_key = existing.blob_key
-                repository.add_intents(session, [old_key])
-                repository.replace_instance(session, existing, record, blob)
-                replaced.append(old_key)
-            else:
-                outcome.failure_reason = status.DUPLICATE_SOP_INSTANCE
-                outcome.message = (
-                    "an instance with this SOP Instance UID and different content is already stored"
-                )
-                discarded.append(key)
-                return
-        outcome.stored = True
+        if repository.insert_instance(connection, record, blob, cache):
+            outcome.stored = True
+            return
+        # Stored meanwhile by a concurrent request, or already there when overwriting.
+        existing = repository.stored_states(connection, [parsed.sop_instance_uid])
+        state = existing.get(parsed.sop_instance_uid)
+        if state is not None and state.sha256 == blob.sha256:
+            outcome.stored = outcome.already_present = True
+            discarded.append(key)
+        elif state is not None and archive.settings.allow_overwrite:
+            repository.add_intents(connection, [state.blob_key])
+            repository.replace_instance(connection, state.pk, record, blob, cache)
+            replaced.append(state.blob_key)
+            outcome.stored = True
+        else:
+            _refused_duplicate(
+                outcome, "a different instance with this SOP Instance UID was stored meanwhile"
+            )
+            discarded.append(key)
     except SeriesStudyMismatch:
         outcome.failure_reason = status.DATASET_DOES_NOT_MATCH_SOP_CLASS
         outcome.message = (
             f"Series Instance UID {parsed.series_instance_uid} is already stored in another study"
         )
         discarded.append(key)
-    except IntegrityError:
-        # A concurrent request stored the same SOP Instance between our check and insert.
-        existing = repository.find_instance(session, parsed.sop_instance_uid)
-        discarded.append(key)
-        if existing is not None and existing.sha256 == blob.sha256:
-            outcome.stored = outcome.already_present = True
-        else:
-            outcome.failure_reason = status.DUPLICATE_SOP_INSTANCE
-            outcome.message = "a different instance with this SOP Instance UID was stored meanwhile"
 
 
 def recover(archive: Archive) -> tuple[int, int]:
