@@ -285,3 +285,17 @@ def test_series_already_in_another_study_is_refused_without_debris(http: httpx.C
     assert response.status_code == 409
     assert response.json()["00081198"]["Value"][0]["00081197"]["Value"] == [0xA900]
     assert http.get("/studies", params={"StudyInstanceUID": other_study}).status_code == 204
+
+
+def test_truncated_body_keeps_the_complete_parts(http: httpx.Client) -> None:
+    complete = [make_ct(), make_ct()]
+    body = multipart([*complete, make_ct()])
+    cut = body[: len(body) - 3000]  # inside the third part's content
+    response = http.post("/studies", content=cut, headers={"Content-Type": stow_content_type()})
+    assert response.status_code == 202, response.text
+    payload = response.json()
+    stored = [item["00081155"]["Value"][0] for item in payload["00081199"]["Value"]]
+    assert stored == [dataset_from_bytes(part).SOPInstanceUID for part in complete]
+    assert [f["00081197"]["Value"] for f in payload["00081198"]["Value"]] == [[0xC000]]
+    for part in complete:
+        assert retrieve_instance_bytes(http, part) == part

@@ -334,3 +334,66 @@ def test_accept_query_parameter(http: httpx.Client, study: dict[str, object]) ->
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/dicom+json"
     assert orjson.loads(response.content)
+
+
+@pytest.mark.parametrize(
+    "name", ["MR_small_bigendian.dcm", "SC_rgb_small_odd_big_endian.dcm", "rtdose.dcm"]
+)
+def test_default_retrieval_re_encodes_every_uncompressed_syntax(
+    http: httpx.Client, name: str
+) -> None:
+    data = bundled_bytes(name)
+    store(http, [data])
+    response = http.get(
+        instance_path(data), headers={"Accept": 'multipart/related; type="application/dicom"'}
+    )
+    assert response.status_code == 200, response.text
+    [(headers, content)] = list(split_multipart(response.content, response.headers["content-type"]))
+    assert headers["content-type"].endswith(EXPLICIT_LE)
+    delivered, original = dataset_from_bytes(content), dataset_from_bytes(data)
+    assert delivered.file_meta.TransferSyntaxUID == EXPLICIT_LE
+    assert np.array_equal(delivered.pixel_array, original.pixel_array)
+    assert "etag" not in response.headers  # the part is not the stored bytes
+
+
+def test_big_endian_bulk_data_is_delivered_little_endian(http: httpx.Client) -> None:
+    data = bundled_bytes("MR_small_bigendian.dcm")
+    store(http, [data])
+    metadata = http.get(instance_path(data) + "/metadata").json()[0]
+    response = http.get(
+        metadata["7FE00010"]["BulkDataURI"],
+        headers={"Accept": 'multipart/related; type="application/octet-stream"'},
+    )
+    [(headers, content)] = list(split_multipart(response.content, response.headers["content-type"]))
+    assert headers["content-type"] == f"application/octet-stream; transfer-syntax={EXPLICIT_LE}"
+    expected = dataset_from_bytes(data).pixel_array.astype("<u2").tobytes()
+    assert content == expected
+
+
+def test_compressed_pixel_bulk_data_with_wildcard_accept(http: httpx.Client) -> None:
+    data = bundled_bytes("JPEG2000.dcm")
+    store(http, [data])
+    uri = http.get(instance_path(data) + "/metadata").json()[0]["7FE00010"]["BulkDataURI"]
+    response = http.get(uri, headers={"Accept": "*/*"})
+    assert response.status_code == 200
+    assert 'type="image/jp2"' in response.headers["content-type"]
+
+
+def test_if_none_match_lists_and_weak_tags(http: httpx.Client, study: dict[str, object]) -> None:
+    parts: list[bytes] = study["parts"]  # type: ignore[assignment]
+    etag = http.get(instance_path(parts[0]), headers={"Accept": ANY}).headers["etag"]
+    for header in (f'"other", {etag}', f"W/{etag}", "*"):
+        response = http.get(
+            instance_path(parts[0]), headers={"Accept": ANY, "If-None-Match": header}
+        )
+        assert response.status_code == 304, header
+    response = http.get(instance_path(parts[0]), headers={"Accept": ANY, "If-None-Match": '"x"'})
+    assert response.status_code == 200
+
+
+def test_malformed_accept_entries_are_ignored(http: httpx.Client, study: dict[str, object]) -> None:
+    response = http.get(
+        f"/studies/{study['study']}/metadata",
+        headers={"Accept": "garbage;;, application/dicom+json"},
+    )
+    assert response.status_code == 200

@@ -102,10 +102,16 @@ def parse_media_type(text: str) -> MediaRange:
 
 
 def parse_accept(values: list[str]) -> list[MediaRange]:
-    """All media ranges of one or more Accept values, best first (stable for equal q)."""
+    """All media ranges of one or more Accept values, best first (stable for equal q).
+
+    Malformed entries are skipped: PS3.18 8.7.7 says invalid Accept values are ignored.
+    """
     ranges: list[MediaRange] = []
     for value in values:
         for item in _split_unquoted(value, ","):
             if item.strip():
-                ranges.append(parse_media_type(item))
+                try:
+                    ranges.append(parse_media_type(item))
+                except BadRequest:
+                    continue
     return sorted(ranges, key=lambda media: -media.q)

@@ -133,13 +133,17 @@ async def read_multipart(
             position = buffer.find(inner)
             if position >= 0:
                 if position:
-                    yield PartData(bytes(buffer[:position]))
+                    with memoryview(buffer) as view:
+                        content = bytes(view[:position])
+                    yield PartData(content)
                 del buffer[: position + len(inner)]
                 yield PartEnd()
                 break
             keep = len(inner) - 1
             if len(buffer) > keep:
-                yield PartData(bytes(buffer[: len(buffer) - keep]))
+                with memoryview(buffer) as view:
+                    content = bytes(view[: len(buffer) - keep])
+                yield PartData(content)
                 del buffer[: len(buffer) - keep]
             if not await fill():
                 raise BadRequest("the body ends inside a part: no closing boundary delimiter")

@@ -16,6 +16,7 @@ from dicomweb_server.api.encoding import (
     new_boundary,
     xml_multipart,
 )
+from dicomweb_server.api.errors import warning_value
 from dicomweb_server.api.negotiation import Offer, accept_ranges, negotiate
 from dicomweb_server.api.urls import base_url
 from dicomweb_server.index.qido import QueryLevel, SearchResult, parse_query, search
@@ -25,11 +26,6 @@ router = APIRouter()
 
 OFFERS = [Offer(DICOM_JSON), Offer("application/json"), Offer("multipart/related", DICOM_XML)]
 FORMAT_PARAMETERS = {"accept", "charset"}
-
-
-def _warning(root: str, text: str) -> str:
-    clean = text.replace('"', "'")
-    return f'299 {root}: "{clean}"'
 
 
 async def _search(
@@ -66,7 +62,7 @@ async def _search(
     result = await anyio.to_thread.run_sync(run)
     headers = {"Vary": "Accept"}
     if result.warnings:
-        headers["Warning"] = ", ".join(_warning(root, text) for text in result.warnings)
+        headers["Warning"] = ", ".join(warning_value(request, text) for text in result.warnings)
     if not result.items:
         return Response(status_code=204, headers=headers)
     if offer.part_type == DICOM_XML:

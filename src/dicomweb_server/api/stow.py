@@ -6,10 +6,10 @@ import logging
 
 import anyio
 from fastapi import APIRouter
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 
-from dicomweb_server.api.deps import ArchiveDep, check_uid
+from dicomweb_server.api.deps import check_uid, get_archive
 from dicomweb_server.api.encoding import DICOM_JSON, DICOM_XML, json_bytes
 from dicomweb_server.api.errors import warning_value
 from dicomweb_server.api.media import parse_media_type
@@ -60,7 +60,9 @@ class _Ingest:
         self.committer = committer
         self.study_uid = study_uid
         self.writer: StagingWriter | None = None
-        self.buffer = bytearray()
+        self.accepting = False
+        self.chunks: list[bytes] = []
+        self.pending = 0
         self.rejected: store.StoreOutcome | None = None
         self.batch: list[store.PreparedPart] = []
         self.outcomes: list[store.StoreOutcome] = []
@@ -78,7 +80,14 @@ class _Ingest:
                     status.CANNOT_UNDERSTAND, f"part of type {part_type!r} is not application/dicom"
                 )
                 return
-        self.writer = await anyio.to_thread.run_sync(self.archive.blobs.staging_writer)
+        self.accepting = True
+
+    def _write(self, chunks: list[bytes]) -> None:
+        # Runs in a worker thread: the staging file is opened with the first write, so a
+        # part that fits in one write costs a single thread hop from open to parse.
+        if self.writer is None:
+            self.writer = self.archive.blobs.staging_writer()
+        self.writer.write_all(chunks)
 
     async def data(self, chunk: bytes) -> None:
         # Content-Length is checked up front; chunked bodies are counted as they stream.
@@ -88,26 +97,26 @@ class _Ingest:
                 "the request body exceeds the limit of "
                 f"{self.archive.settings.max_request_bytes} bytes"
             )
-        if self.writer is None:
+        if not self.accepting:
             return
-        self.buffer += chunk
-        if len(self.buffer) >= WRITE_CHUNK:
-            data, self.buffer = bytes(self.buffer), bytearray()
-            await anyio.to_thread.run_sync(self.writer.write, data)
+        self.chunks.append(chunk)
+        self.pending += len(chunk)
+        if self.pending >= WRITE_CHUNK:
+            chunks, self.chunks, self.pending = self.chunks, [], 0
+            await anyio.to_thread.run_sync(self._write, chunks)
 
     async def end(self) -> None:
         if self.rejected is not None:
             self.outcomes.append(self.rejected)
             self.rejected = None
             return
-        writer, self.writer = self.writer, None
-        assert writer is not None
-        data, self.buffer = bytes(self.buffer), bytearray()
+        chunks, self.chunks, self.pending, self.accepting = self.chunks, [], 0, False
 
         def finish() -> store.PreparedPart:
-            writer.write(data)
-            staged = writer.finish()
-            return store.prepare(self.archive, staged, self.study_uid)
+            self._write(chunks)
+            writer, self.writer = self.writer, None
+            assert writer is not None
+            return store.prepare(self.archive, writer.finish(), self.study_uid)
 
         prepared = await anyio.to_thread.run_sync(finish)
         self.outcomes.append(prepared.outcome)
@@ -129,10 +138,16 @@ class _Ingest:
                     part.staged.path.unlink(missing_ok=True)
             raise
 
-    async def abort(self) -> None:
+    async def abort_part(self) -> None:
+        """Drop the part being received (its bytes never completed)."""
         writer, self.writer = self.writer, None
+        self.chunks, self.pending, self.accepting, self.rejected = [], 0, False, None
         if writer is not None:
             await anyio.to_thread.run_sync(writer.abort)
+
+    async def abort(self) -> None:
+        """Drop everything not yet committed (the client went away or a limit was hit)."""
+        await self.abort_part()
         for part in self.batch:
             if part.staged is not None:
                 part.staged.path.unlink(missing_ok=True)
@@ -162,12 +177,14 @@ async def _store(request: Request, archive: Archive, study_uid: str | None) -> R
             elif isinstance(event, PartEnd):
                 await ingest.end()
         await ingest.flush()
-    except (BadRequest, ClientDisconnect) as exc:
-        await ingest.abort()
-        if isinstance(exc, ClientDisconnect):
-            raise
+    except BadRequest as exc:
         if not ingest.outcomes:
+            await ingest.abort()
             raise
+        # The body broke after complete parts: those are committed on their own merits and
+        # only the damaged part is reported as failed.
+        await ingest.abort_part()
+        await ingest.flush()
         truncated = exc.message
     except BaseException:
         await ingest.abort()
@@ -201,12 +218,12 @@ async def _store(request: Request, archive: Archive, study_uid: str | None) -> R
 
 
 @router.post("/studies")
-async def store_instances(request: Request, archive: ArchiveDep) -> Response:
+async def store_instances(request: Request) -> Response:
     """Store instances of any studies."""
-    return await _store(request, archive, None)
+    return await _store(request, get_archive(request), None)
 
 
 @router.post("/studies/{study}")
-async def store_study_instances(request: Request, archive: ArchiveDep, study: str) -> Response:
+async def store_study_instances(request: Request, study: str) -> Response:
     """Store instances that must belong to the given study."""
-    return await _store(request, archive, study)
+    return await _store(request, get_archive(request), study)

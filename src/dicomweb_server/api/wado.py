@@ -23,6 +23,7 @@ from dicomweb_server.api.media import MediaRange
 from dicomweb_server.api.negotiation import Offer, _admits, accept_ranges, negotiate
 from dicomweb_server.api.urls import base_url
 from dicomweb_server.errors import BadRequest, NotAcceptable
+from dicomweb_server.imaging.transcode import TranscodeError
 from dicomweb_server.services import retrieve
 from dicomweb_server.services.archive import Archive
 
@@ -34,17 +35,28 @@ METADATA_OFFERS = [
     Offer("application/json"),
     Offer("multipart/related", DICOM_XML),
 ]
-BULK_OFFER = Offer("multipart/related", "application/octet-stream")
 
 
 def _require_accept(request: Request) -> list[MediaRange]:
     ranges = accept_ranges(request)
     if "accept" not in request.headers and "accept" not in request.query_params:
         raise NotAcceptable(
-            "the request has no Accept header; PS3.18 8.7.5 requires one for retrieval "
+            "the request has no Accept header; PS3.18 8.7.7 (8.7.5 in earlier editions) "
+            "answers such a retrieval with 406 "
             '(e.g. Accept: multipart/related; type="application/dicom"; transfer-syntax=*)'
         )
     return ranges
+
+
+def _etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """If-None-Match uses weak comparison over a list of entity tags (RFC 9110 13.1.2)."""
+    if not if_none_match:
+        return False
+    for candidate in if_none_match.split(","):
+        candidate = candidate.strip()
+        if candidate == "*" or candidate.removeprefix("W/") == etag:
+            return True
+    return False
 
 
 def _requested_syntaxes(ranges: list[MediaRange], offer: Offer) -> list[str | None]:
@@ -72,7 +84,22 @@ async def _retrieve(
     target = retrieve.choose_transfer_syntax(_requested_syntaxes(ranges, offer), refs)
     root = base_url(request, archive.settings)
     boundary = new_boundary()
-    parts = []
+    parts: list[tuple[bytes, Callable[[], Iterator[bytes]]]] = []
+    ready: bytes | None = None
+    if len(refs) == 1 and retrieve.delivered_syntax(refs[0], target) != refs[0].transfer_syntax_uid:
+        # One instance to re-encode: do it before answering, so a failure is a clean 406
+        # rather than a response cut off after its status line.
+        try:
+            ready = b"".join(
+                await anyio.to_thread.run_sync(
+                    lambda: list(retrieve.instance_chunks(archive, refs[0], target))
+                )
+            )
+        except TranscodeError as exc:
+            raise NotAcceptable(
+                f"{exc}; ask with transfer-syntax=* for the stored syntax "
+                f"{refs[0].transfer_syntax_uid}"
+            ) from exc
     for ref in refs:
         syntax = retrieve.delivered_syntax(ref, target)
         location = (
@@ -83,11 +110,15 @@ async def _retrieve(
             f"--{boundary}\r\nContent-Type: application/dicom; transfer-syntax={syntax}\r\n"
             f"Content-Location: {location}\r\n\r\n"
         ).encode()
-        parts.append((head, partial(retrieve.instance_chunks, archive, ref, target)))
+        if ready is not None:
+            parts.append((head, partial(iter, [ready])))
+        else:
+            parts.append((head, partial(retrieve.instance_chunks, archive, ref, target)))
     headers = {"Vary": "Accept"}
-    if instance is not None and target == retrieve.ANY_TRANSFER_SYNTAX:
+    if instance is not None and ready is None:
+        # The part is the stored bytes, whose SHA-256 is their strong validator.
         headers["ETag"] = f'"{refs[0].sha256}"'
-        if request.headers.get("if-none-match", "").strip() in (headers["ETag"], "*"):
+        if _etag_matches(request.headers.get("if-none-match"), headers["ETag"]):
             return Response(status_code=304, headers=headers)
     media_type = multipart_related_type(boundary, "application/dicom")
     if target != retrieve.ANY_TRANSFER_SYNTAX:
@@ -179,24 +210,15 @@ async def retrieve_bulk_data(
     bulk = await anyio.to_thread.run_sync(
         retrieve.bulk_data, archive, study, series, instance, "/".join(steps)
     )
-    offers = [BULK_OFFER] + [
-        Offer("multipart/related", part.media_type)
-        for part in bulk.parts[:1]
-        if part.media_type != "application/octet-stream"
-    ]
-    offer, _ = negotiate(ranges, offers)
-    if offer is BULK_OFFER and bulk.parts[0].media_type != "application/octet-stream":
-        raise NotAcceptable(
-            f"this pixel data is stored compressed ({bulk.instance.transfer_syntax_uid}); "
-            f'ask for multipart/related; type="{bulk.parts[0].media_type}"'
-        )
+    # Only what the value really is can be offered: compressed pixel data comes in its
+    # compressed media type (frame by frame), everything else as octet-stream.
+    offered = bulk.parts[0].media_type
+    negotiate(ranges, [Offer("multipart/related", offered)])
     boundary = new_boundary()
-    syntax = bulk.instance.transfer_syntax_uid
-    parts = []
+    parts: list[tuple[bytes, Callable[[], Iterator[bytes]]]] = []
     for part in bulk.parts:
-        head = (
-            f"--{boundary}\r\nContent-Type: {part.media_type}; transfer-syntax={syntax}\r\n\r\n"
-        ).encode()
+        syntax = f"; transfer-syntax={part.transfer_syntax}" if part.transfer_syntax else ""
+        head = f"--{boundary}\r\nContent-Type: {part.media_type}{syntax}\r\n\r\n".encode()
         parts.append((head, partial(retrieve.bulk_chunks, archive, bulk.instance, part)))
     media_type = multipart_related_type(boundary, bulk.parts[0].media_type)
     return StreamingResponse(_multipart_stream(boundary, parts), media_type=media_type)

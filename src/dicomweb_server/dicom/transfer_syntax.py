@@ -15,11 +15,12 @@ UNCOMPRESSED: Final = frozenset(
         EXPLICIT_VR_LITTLE_ENDIAN,
         DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
         EXPLICIT_VR_BIG_ENDIAN,
-        "1.2.840.10008.1.2.1.98",  # Encapsulated Uncompressed Explicit VR Little Endian
     }
 )
+# Encapsulated Uncompressed Explicit VR Little Endian (1.2.840.10008.1.2.1.98) is not in the
+# set: its pixel data is encapsulated and must go through a decoder like compressed data.
 
-#: Media type of a compressed frame or bulk value, by transfer syntax (PS3.18 Table 8.7.3-4).
+#: Media type of a compressed frame or bulk value, by transfer syntax (PS3.18 Table 8.7.3-5).
 FRAME_MEDIA_TYPES: Final[dict[str, str]] = {
     "1.2.840.10008.1.2.4.50": "image/jpeg",
     "1.2.840.10008.1.2.4.51": "image/jpeg",

@@ -10,11 +10,16 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pydicom
 
 from dicomweb_server.dicom.pixel_layout import PixelLayout
-from dicomweb_server.dicom.transfer_syntax import EXPLICIT_VR_LITTLE_ENDIAN, bulk_media_type
+from dicomweb_server.dicom.transfer_syntax import (
+    EXPLICIT_VR_BIG_ENDIAN,
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    bulk_media_type,
+)
 from dicomweb_server.errors import NotAcceptable, NotFound
 from dicomweb_server.imaging.transcode import can_transcode, transcode
 from dicomweb_server.index import lookup
@@ -22,6 +27,7 @@ from dicomweb_server.index.lookup import InstanceRef
 from dicomweb_server.services.archive import Archive
 
 ANY_TRANSFER_SYNTAX = "*"
+_WORD_SIZES = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
 BULK_URI_KEY = b'"BulkDataURI":"'
 
 
@@ -114,11 +120,18 @@ def metadata_datasets(
 
 @dataclass(frozen=True, slots=True)
 class BulkPart:
-    """One part of a bulk data response: where its bytes are and its media type."""
+    """One part of a bulk data response: where its bytes are and its media type.
+
+    ``swap`` is the word size to byte-swap by: uncompressed bulk data is always delivered
+    little-endian (PS3.18 8.7.3.3.1), so values of big-endian instances are swapped.
+    ``transfer_syntax`` is what the part's bytes are in, for pixel data only.
+    """
 
     media_type: str
     ranges: tuple[tuple[int, int], ...] = ()
     data: bytes | None = None
+    swap: int = 0
+    transfer_syntax: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,26 +170,34 @@ def bulk_data(archive: Archive, study: str, series: str, instance: str, path: st
     if found is None:
         raise NotFound(f"no {_describe(study, series, instance)} is stored")
     ref = found.instance
-    if found.pixel_layout_json and path.upper() in ("7FE00010", "7FE00008", "7FE00009"):
+    is_pixel_data = path.upper() in ("7FE00010", "7FE00008", "7FE00009")
+    native_syntax = EXPLICIT_VR_LITTLE_ENDIAN if is_pixel_data else None
+    if found.pixel_layout_json and is_pixel_data:
         layout = PixelLayout.from_json(orjson.loads(found.pixel_layout_json))
         if layout.encapsulated:
             media = bulk_media_type(ref.transfer_syntax_uid)
             parts = [
-                BulkPart(media, layout.frame_ranges(index))
+                BulkPart(media, layout.frame_ranges(index), transfer_syntax=ref.transfer_syntax_uid)
                 for index in range(layout.number_of_frames)
             ]
             return BulkData(ref, parts)
+    big_endian = ref.transfer_syntax_uid == EXPLICIT_VR_BIG_ENDIAN
+    for entry in orjson.loads(found.bulk_json or b"[]"):
+        entry_path, vr, offset, length = entry
+        if entry_path.upper() == path.upper():
+            swap = _WORD_SIZES.get(vr, 0) if big_endian else 0
+            part = BulkPart(
+                "application/octet-stream",
+                ((offset, length),),
+                swap=swap,
+                transfer_syntax=native_syntax,
+            )
+            return BulkData(ref, [part])
+    if found.deflated:
+        data = _value_from_file(archive, ref, path)
         return BulkData(
             ref,
-            [BulkPart("application/octet-stream", ((layout.value_offset, layout.value_length),))],
-        )
-    for entry in orjson.loads(found.bulk_json or b"[]"):
-        entry_path, _vr, offset, length = entry
-        if entry_path.upper() == path.upper():
-            return BulkData(ref, [BulkPart("application/octet-stream", ((offset, length),))])
-    if found.deflated:
-        return BulkData(
-            ref, [BulkPart("application/octet-stream", data=_value_from_file(archive, ref, path))]
+            [BulkPart("application/octet-stream", data=data, transfer_syntax=native_syntax)],
         )
     raise NotFound(f"no bulk data value {path} in instance {instance}")
 
@@ -185,7 +206,11 @@ def bulk_chunks(archive: Archive, ref: InstanceRef, part: BulkPart) -> Iterator[
     if part.data is not None:
         yield part.data
         return
+    # Chunks are a multiple of every word size, so swapping chunk by chunk is exact.
+    chunk_size = archive.settings.retrieve_chunk_bytes // 8 * 8
     for offset, length in part.ranges:
-        yield from archive.blobs.iter_range(
-            ref.blob_key, offset, length, archive.settings.retrieve_chunk_bytes
-        )
+        for chunk in archive.blobs.iter_range(ref.blob_key, offset, length, chunk_size):
+            if part.swap and len(chunk) % part.swap == 0:
+                dtype = f"u{part.swap}"
+                chunk = np.frombuffer(chunk, dtype=">" + dtype).astype("<" + dtype).tobytes()
+            yield chunk

@@ -50,6 +50,13 @@ class StagingWriter:
         self._hash.update(chunk)
         self._size += len(chunk)
 
+    def write_all(self, chunks: list[bytes]) -> None:
+        """Write several chunks in one call (one thread hop for the caller)."""
+        for chunk in chunks:
+            self._hash.update(chunk)
+            self._size += len(chunk)
+        self._file.writelines(chunks)
+
     def finish(self) -> StagedBlob:
         """Flush and fsync: after this the staged bytes survive a crash."""
         self._file.flush()

@@ -21,7 +21,11 @@ def test_parameters_quoted_or_not_case_insensitive_names() -> None:
 @pytest.mark.parametrize("text", ["", "text", "a/b; q=2", "a/b; noequals", "a /b"])
 def test_malformed(text: str) -> None:
     with pytest.raises(BadRequest):
-        parse_accept([text]) if text else parse_media_type(text)
+        parse_media_type(text)
+    # In Accept, invalid entries are ignored (PS3.18 8.7.7); the valid ones still count.
+    assert [media.essence for media in parse_accept([f"{text}, application/dicom+json"])] == [
+        "application/dicom+json"
+    ]
 
 
 def test_q_values_order_and_exclusion() -> None:
