@@ -17,6 +17,8 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import Future
 
+from sqlalchemy import Connection
+
 from dicomweb_server.services.archive import Archive
 from dicomweb_server.services.store import PreparedPart, commit_batch
 
@@ -51,9 +53,13 @@ class GroupCommitter:
         await asyncio.wrap_future(future)
 
     def _run(self) -> None:
+        # The committer is this process's only writer: one connection serves every cycle.
+        connection: Connection | None = None
         while True:
             first = self._jobs.get()
             if first is None:
+                if connection is not None:
+                    connection.close()
                 return
             jobs = [first]
             count = len(first[0])
@@ -69,9 +75,16 @@ class GroupCommitter:
                 count += len(job[0])
             parts = [part for job_parts, _ in jobs for part in job_parts]
             try:
-                commit_batch(self._archive, parts)
+                if connection is None:
+                    connection = self._archive.write_engine.connect()
+                commit_batch(self._archive, parts, connection)
             except BaseException as exc:  # every waiting request must hear about it
                 log.error("group commit of %d parts failed: %s", len(parts), exc)
+                if connection is not None:
+                    # The connection may be what failed: start afresh next cycle.
+                    connection.invalidate()
+                    connection.close()
+                    connection = None
                 for _, future in jobs:
                     future.set_exception(exc)
                 continue

@@ -139,35 +139,48 @@ def _settle_existing(
     return True
 
 
-def commit_batch(archive: Archive, parts: Sequence[PreparedPart]) -> None:
-    """Commit prepared parts durably, filling in each part's outcome; blocking."""
+def commit_batch(
+    archive: Archive, parts: Sequence[PreparedPart], connection: Connection | None = None
+) -> None:
+    """Commit prepared parts durably, filling in each part's outcome; blocking.
+
+    ``connection`` lets a long-lived committer reuse one write connection across cycles.
+    """
     todo = [part for part in parts if part.parsed is not None and part.staged is not None]
     if not todo:
         return
+    if connection is None:
+        with archive.write_engine.connect() as own:
+            _commit(archive, todo, own)
+    else:
+        _commit(archive, todo, connection)
+
+
+def _commit(archive: Archive, todo: Sequence[PreparedPart], connection: Connection) -> None:
     uids = [part.outcome.sop_instance_uid or "" for part in todo]
-    with archive.engine.connect() as connection:
+    with connection.begin():
         existing = repository.stored_states(connection, uids)
-    pending = [
-        part
-        for part in todo
-        if not _settle_existing(archive, part, existing.get(part.outcome.sop_instance_uid or ""))
-    ]
+        pending = [
+            part
+            for part in todo
+            if not _settle_existing(
+                archive, part, existing.get(part.outcome.sop_instance_uid or "")
+            )
+        ]
+        keys = {id(part): new_blob_key(part.staged.sha256) for part in pending if part.staged}
+        repository.add_intents(connection, keys.values())
     for part in todo:
         if part not in pending and part.staged is not None:
             part.staged.path.unlink(missing_ok=True)
     if not pending:
         return
-
-    keys = {id(part): new_blob_key(part.staged.sha256) for part in pending if part.staged}
-    with archive.write_engine.begin() as connection:
-        repository.add_intents(connection, keys.values())
     for part in pending:
         assert part.staged is not None
         archive.blobs.commit(part.staged, keys[id(part)])
 
     discarded: list[str] = []  # new blobs no row will reference: safe to drop before commit
     replaced: list[str] = []  # old blobs of overwritten rows: only droppable after commit
-    with archive.write_engine.begin() as connection:
+    with connection.begin():
         cache = repository.LevelCache()
         for part in pending:
             _insert_one(archive, connection, part, keys[id(part)], cache, discarded, replaced)
@@ -177,7 +190,7 @@ def commit_batch(archive: Archive, parts: Sequence[PreparedPart]) -> None:
     if replaced:
         for key in replaced:
             archive.blobs.delete(key)
-        with archive.write_engine.begin() as connection:
+        with connection.begin():
             repository.remove_intents(connection, replaced)
 
 
