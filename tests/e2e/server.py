@@ -22,8 +22,11 @@ def free_port() -> int:
 class ServerProcess:
     """``dicomweb-server serve`` in a subprocess, on a free loopback port."""
 
-    def __init__(self, data_dir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, env: dict[str, str] | None = None, args: list[str] | None = None
+    ) -> None:
         self.data_dir = data_dir
+        self.args = args or []
         self.port = free_port()
         self.env = {**os.environ, **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None
@@ -52,6 +55,7 @@ class ServerProcess:
                 "--no-access-log",
                 "--log-level",
                 "warning",
+                *self.args,
             ],
             env=self.env,
             stdout=log,

@@ -6,10 +6,15 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
+import psutil
+
 from dicomweb_server import __version__
-from tests.dicom_files import bundled_path, make_ct
+from tests.dicom_files import bundled_path, make_ct, multipart, stow_content_type
+from tests.e2e.server import ServerProcess
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -70,3 +75,28 @@ def test_import_missing_path(tmp_path: Path) -> None:
     result = run("import", str(tmp_path / "nope"), "--data-dir", str(tmp_path / "data"))
     assert result.returncode == 2
     assert "no such file or folder" in result.stderr
+
+
+def test_serve_with_two_workers(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "data", args=["--workers", "2"])
+    server.start()
+    try:
+        parts = [[make_ct(instance_number=n) for n in range(3)] for _ in range(12)]
+
+        def store(group: list[bytes]) -> int:
+            with httpx.Client(base_url=server.root, timeout=60) as http:
+                return http.post(
+                    "/studies",
+                    content=multipart(group),
+                    headers={"Content-Type": stow_content_type()},
+                ).status_code
+
+        with ThreadPoolExecutor(6) as pool:
+            assert set(pool.map(store, parts)) == {200}
+        with httpx.Client(base_url=server.root) as http:
+            found = http.get("/instances", params={"limit": 100})
+        assert len(found.json()) == 36
+        workers = psutil.Process(server.process.pid).children(recursive=True)  # type: ignore[union-attr]
+        assert len([p for p in workers if "python" in p.name().lower()]) >= 2
+    finally:
+        server.stop()
