@@ -92,3 +92,16 @@ class ServerProcess:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait()
         self.process = None
+
+
+def store_concurrently(root: str, body: bytes, content_type: str, clients: int) -> list[int]:
+    """POST the same STOW body from ``clients`` clients at once; their status codes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def post(_: int) -> int:
+        with httpx.Client(base_url=root, timeout=60) as client:
+            response = client.post("/studies", content=body, headers={"Content-Type": content_type})
+            return response.status_code
+
+    with ThreadPoolExecutor(clients) as pool:
+        return list(pool.map(post, range(clients)))

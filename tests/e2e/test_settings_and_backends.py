@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -20,7 +19,7 @@ from tests.dicom_files import (
     split_multipart,
     stow_content_type,
 )
-from tests.e2e.server import ServerProcess
+from tests.e2e.server import ServerProcess, store_concurrently
 
 ANY = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 
@@ -150,12 +149,7 @@ def test_postgres_backed_server_round_trip_and_concurrent_duplicates(
 
         data = make_ct(rows=256, columns=256)
 
-        def store_once(_: int) -> int:
-            with httpx.Client(base_url=server.root, timeout=60) as client:
-                return store(client, [data]).status_code
-
-        with ThreadPoolExecutor(20) as pool:
-            statuses = list(pool.map(store_once, range(20)))
+        statuses = store_concurrently(server.root, multipart([data]), stow_content_type(), 20)
         assert statuses == [200] * 20
         assert fetch(http, data) == data
         stored = [

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -21,7 +20,7 @@ from tests.dicom_files import (
     split_multipart,
     stow_content_type,
 )
-from tests.e2e.server import ServerProcess
+from tests.e2e.server import ServerProcess, store_concurrently
 
 ANY_SYNTAX = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 
@@ -256,12 +255,7 @@ def test_twenty_concurrent_stores_of_one_instance(
     data = make_ct(rows=256, columns=256)
     before = set(blob_files(server))
 
-    def store_once(_: int) -> int:
-        with httpx.Client(base_url=server.root, timeout=60) as client:
-            return stow(client, [data]).status_code
-
-    with ThreadPoolExecutor(20) as pool:
-        statuses = list(pool.map(store_once, range(20)))
+    statuses = store_concurrently(server.root, multipart([data]), stow_content_type(), 20)
     assert statuses == [200] * 20
     assert len(set(blob_files(server)) - before) == 1
     assert retrieve_instance_bytes(http, data) == data
