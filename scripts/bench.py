@@ -80,7 +80,7 @@ class Server:
             self.process.kill()
 
 
-def start_archive(workdir: Path) -> Server:
+def start_archive(workdir: Path, workers: int = 1) -> Server:
     port = free_port()
     env = {**os.environ}
     process = subprocess.Popen(
@@ -96,6 +96,8 @@ def start_archive(workdir: Path) -> Server:
             "--no-access-log",
             "--log-level",
             "warning",
+            "--workers",
+            str(workers),
         ],
         env=env,
         stdout=subprocess.DEVNULL,
@@ -318,6 +320,7 @@ def main() -> int:
     parser.add_argument("--concurrency", default="1,4,16", help="client concurrencies")
     parser.add_argument("--per-request", type=int, default=1, help="instances per STOW request")
     parser.add_argument("--no-orthanc", action="store_true")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes of our server")
     parser.add_argument("--skip-parse", action="store_true", help="skip the ingest-parse figures")
     args = parser.parse_args()
     concurrencies = [int(value) for value in args.concurrency.split(",")]
@@ -327,7 +330,7 @@ def main() -> int:
         bench_parse(generator)
     with tempfile.TemporaryDirectory(prefix="dicomweb-bench-") as temp:
         workdir = Path(temp)
-        servers = [start_archive(workdir)]
+        servers = [start_archive(workdir, args.workers)]
         orthanc = None if args.no_orthanc else start_orthanc(workdir)
         if orthanc:
             servers.append(orthanc)
@@ -336,7 +339,7 @@ def main() -> int:
         try:
             print(
                 f"STOW-RS ingest: {args.count} instances of 512x512x16 bit CT (~0.5 MB), "
-                f"{args.per_request} per request\n"
+                f"{args.per_request} per request; dicomweb-server with {args.workers} worker(s)\n"
             )
             header = (
                 f"{'scenario':<16}{'server':<18}{'inst/s':>9}{'MB/s':>9}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -293,3 +294,28 @@ def test_truncated_body_keeps_the_complete_parts(http: httpx.Client) -> None:
     assert [f["00081197"]["Value"] for f in payload["00081198"]["Value"]] == [[0xC000]]
     for part in complete:
         assert retrieve_instance_bytes(http, part) == part
+
+
+def test_clients_going_away_do_not_stop_later_stores(
+    server: ServerProcess, http: httpx.Client
+) -> None:
+    import socket
+
+    # Several clients send complete parts and vanish before the answer.
+    for _ in range(5):
+        body = multipart([make_ct() for _ in range(33)])  # one batch commits mid-request
+        head = (
+            "POST /dicom-web/studies HTTP/1.1\r\nHost: x\r\n"
+            f"Content-Type: {stow_content_type()}\r\n"
+            f"Content-Length: {len(body) + 1000}\r\n\r\n"
+        ).encode()
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            sock.sendall(head + body)
+    data = make_ct()
+    assert stow(http, [data]).status_code == 200
+    assert retrieve_instance_bytes(http, data) == data
+    staging = server.data_dir / "blobs" / ".staging"
+    deadline = time.monotonic() + 10  # the server notices the disconnects asynchronously
+    while list(staging.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert list(staging.iterdir()) == []

@@ -397,3 +397,21 @@ def test_malformed_accept_entries_are_ignored(http: httpx.Client, study: dict[st
         headers={"Accept": "garbage;;, application/dicom+json"},
     )
     assert response.status_code == 200
+
+
+def test_single_instance_representation_is_stable(
+    http: httpx.Client, study: dict[str, object]
+) -> None:
+    parts: list[bytes] = study["parts"]  # type: ignore[assignment]
+    first = http.get(instance_path(parts[0]), headers={"Accept": ANY})
+    second = http.get(instance_path(parts[0]), headers={"Accept": ANY})
+    assert first.content == second.content  # a strong ETag names these exact bytes
+    assert first.headers["etag"] == second.headers["etag"]
+
+
+def test_accept_without_valid_entries_gets_the_default(
+    http: httpx.Client, study: dict[str, object]
+) -> None:
+    parts: list[bytes] = study["parts"]  # type: ignore[assignment]
+    response = http.get(instance_path(parts[0]), headers={"Accept": "garbage;;"})
+    assert response.status_code == 200

@@ -31,6 +31,9 @@ class PartEnd:
 
 Event = PartStart | PartData | PartEnd
 
+#: A preamble longer than this is not a STOW-RS body; refuse it instead of reading it all.
+MAX_PREAMBLE_BYTES = 64 * 1024
+
 
 def _parse_headers(block: bytes) -> dict[str, str]:
     headers: dict[str, str] = {}
@@ -76,6 +79,7 @@ async def read_multipart(
         return True
 
     # Preamble: find the first delimiter, at the very start or after a CRLF.
+    skipped = 0
     while True:
         if buffer.startswith(delimiter):
             del buffer[: len(delimiter)]
@@ -85,6 +89,9 @@ async def read_multipart(
             del buffer[: position + len(inner)]
             break
         if len(buffer) > max_header_bytes and not exhausted:
+            skipped += len(buffer) - len(inner)
+            if skipped > MAX_PREAMBLE_BYTES:
+                raise BadRequest("the body is not multipart: no boundary delimiter found")
             del buffer[: len(buffer) - len(inner)]
         if not await fill():
             raise BadRequest("the body is not multipart: no boundary delimiter found")

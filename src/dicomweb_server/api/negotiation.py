@@ -41,7 +41,7 @@ def _admits(media: MediaRange, offer: Offer) -> bool:
         return False
     if offer.part_type and media.essence == offer.media_type:
         wanted = media.params.get("type")
-        if wanted and wanted.lower() != offer.part_type:
+        if wanted and wanted.lower() != offer.part_type.lower():
             return False
     return True
 

@@ -142,7 +142,10 @@ class _Ingest:
         if not batch:
             return
         try:
-            await self.committer.commit(batch)
+            # Shielded: once handed over, the staged files belong to the committer until it
+            # answers, even when the client goes away meanwhile.
+            with anyio.CancelScope(shield=True):
+                await self.committer.commit(batch)
         except BaseException:
             # Committed blobs are covered by their intents; what is still staged goes now.
             for part in batch:
@@ -150,16 +153,20 @@ class _Ingest:
                     part.staged.path.unlink(missing_ok=True)
             raise
 
-    async def abort_part(self) -> None:
-        """Drop the part being received (its bytes never completed)."""
+    def abort_part(self) -> None:
+        """Drop the part being received (its bytes never completed).
+
+        Synchronous on purpose: closing and unlinking are quick, and cleanup must also run
+        when the request is being cancelled, where an await would be interrupted.
+        """
         writer, self.writer = self.writer, None
         self.chunks, self.pending, self.accepting, self.rejected = [], 0, False, None
         if writer is not None:
-            await anyio.to_thread.run_sync(writer.abort)
+            writer.abort()
 
-    async def abort(self) -> None:
+    def abort(self) -> None:
         """Drop everything not yet committed (the client went away or a limit was hit)."""
-        await self.abort_part()
+        self.abort_part()
         for part in self.batch:
             if part.staged is not None:
                 part.staged.path.unlink(missing_ok=True)
@@ -191,15 +198,15 @@ async def _store(request: Request, archive: Archive, study_uid: str | None) -> R
         await ingest.flush()
     except BadRequest as exc:
         if not ingest.outcomes:
-            await ingest.abort()
+            ingest.abort()
             raise
         # The body broke after complete parts: those are committed on their own merits and
         # only the damaged part is reported as failed.
-        await ingest.abort_part()
+        ingest.abort_part()
         await ingest.flush()
         truncated = exc.message
     except BaseException:
-        await ingest.abort()
+        ingest.abort()
         raise
 
     outcomes = ingest.outcomes

@@ -60,7 +60,9 @@ def _etag_matches(if_none_match: str | None, etag: str) -> bool:
 
 
 def _requested_syntaxes(ranges: list[MediaRange], offer: Offer) -> list[str | None]:
-    return [media.params.get("transfer-syntax") for media in ranges if _admits(media, offer)]
+    # No usable range (none sent, or all malformed and ignored) means the default syntax.
+    wanted = [media.params.get("transfer-syntax") for media in ranges if _admits(media, offer)]
+    return wanted or [None]
 
 
 async def _multipart_stream(
@@ -83,7 +85,9 @@ async def _retrieve(
     refs = await anyio.to_thread.run_sync(retrieve.find_instances, archive, study, series, instance)
     target = retrieve.choose_transfer_syntax(_requested_syntaxes(ranges, offer), refs)
     root = base_url(request, archive.settings)
-    boundary = new_boundary()
+    # One stored instance is sent with a boundary derived from its hash, so the whole
+    # representation is stable and its ETag a true strong validator.
+    boundary = f"dicomweb-{refs[0].sha256[:32]}" if instance is not None else new_boundary()
     parts: list[tuple[bytes, Callable[[], Iterator[bytes]]]] = []
     ready: bytes | None = None
     if len(refs) == 1 and retrieve.delivered_syntax(refs[0], target) != refs[0].transfer_syntax_uid:
@@ -162,7 +166,9 @@ async def _metadata(
         )
         boundary = new_boundary()
         body = await anyio.to_thread.run_sync(xml_multipart, datasets, boundary)
-        return Response(body, media_type=multipart_related_type(boundary, DICOM_XML))
+        return Response(
+            body, media_type=multipart_related_type(boundary, DICOM_XML), headers={"Vary": "Accept"}
+        )
     body = await anyio.to_thread.run_sync(
         retrieve.metadata_json, archive, root, study, series, instance
     )

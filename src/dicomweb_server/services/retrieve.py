@@ -174,7 +174,7 @@ def bulk_data(archive: Archive, study: str, series: str, instance: str, path: st
     native_syntax = EXPLICIT_VR_LITTLE_ENDIAN if is_pixel_data else None
     if found.pixel_layout_json and is_pixel_data:
         layout = PixelLayout.from_json(orjson.loads(found.pixel_layout_json))
-        if layout.encapsulated:
+        if layout.encapsulated and f"{layout.tag:08X}" == path.upper():
             media = bulk_media_type(ref.transfer_syntax_uid)
             parts = [
                 BulkPart(media, layout.frame_ranges(index), transfer_syntax=ref.transfer_syntax_uid)

@@ -85,3 +85,21 @@ def test_limits() -> None:
         parse(b"--b0\r\nX-Long: " + b"a" * 5000 + b"\r\n\r\nx\r\n--b0--", max_header_bytes=1024)
     with pytest.raises(PayloadTooLarge):
         parse(body([b"1", b"2", b"3"]), max_parts=2)
+
+
+def test_long_preamble_is_refused_without_reading_everything() -> None:
+    consumed = 0
+
+    async def endless() -> AsyncIterator[bytes]:
+        nonlocal consumed
+        while consumed < 50 * 1024 * 1024:
+            consumed += 65536
+            yield b"x" * 65536
+
+    async def run() -> None:
+        async for _ in read_multipart(endless(), "b0"):
+            pass
+
+    with pytest.raises(BadRequest):
+        anyio.run(run)
+    assert consumed < 1024 * 1024
