@@ -96,6 +96,8 @@ def test_serve_with_two_workers(tmp_path: Path) -> None:
         with httpx.Client(base_url=server.root) as http:
             found = http.get("/instances", params={"limit": 100})
         assert len(found.json()) == 36
+        assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
+        assert httpx.get(f"{server.url}/readyz").json() == {"status": "ready"}
         workers = psutil.Process(server.process.pid).children(recursive=True)  # type: ignore[union-attr]
         assert len([p for p in workers if "python" in p.name().lower()]) >= 2
     finally:
