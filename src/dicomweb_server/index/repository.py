@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import cast
 
-from sqlalchemy import Connection, Table, bindparam, delete, func, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -286,7 +286,3 @@ def _delete_empty_levels(session: Connection | Session, series_pks: set[int]) ->
             .where(Study.pk.in_(study_pks))
             .where(~select(Series.pk).where(Series.study_pk == Study.pk).exists())
         )
-
-
-def count_instances(session: Session) -> int:
-    return int(session.scalar(select(func.count()).select_from(Instance)) or 0)
