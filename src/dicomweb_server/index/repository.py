@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import Connection, Table, bindparam, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -227,10 +227,20 @@ def add_intents(target: Connection | Session, keys: Iterable[str]) -> None:
         connection.execute(_prepared(connection).insert_intent, rows)
 
 
+#: Keys per IN list: SQLite refuses statements with more than 32766 bound parameters, and a
+#: study can hold more instances than that.
+IN_CHUNK = 5000
+
+
+def _chunks(values: Sequence[Any]) -> Iterator[list[Any]]:
+    for start in range(0, len(values), IN_CHUNK):
+        yield list(values[start : start + IN_CHUNK])
+
+
 def remove_intents(target: Connection | Session, keys: Sequence[str]) -> None:
-    if keys:
-        connection = _connection(target)
-        connection.execute(_prepared(connection).delete_intents, {"keys": list(keys)})
+    connection = _connection(target)
+    for chunk in _chunks(keys):
+        connection.execute(_prepared(connection).delete_intents, {"keys": chunk})
 
 
 def pending_intents(session: Session, older_than: datetime | None = None) -> list[str]:
@@ -241,9 +251,10 @@ def pending_intents(session: Session, older_than: datetime | None = None) -> lis
 
 
 def referenced_keys(session: Session, keys: Sequence[str]) -> set[str]:
-    if not keys:
-        return set()
-    return set(session.scalars(select(Instance.blob_key).where(Instance.blob_key.in_(keys))))
+    found: set[str] = set()
+    for chunk in _chunks(keys):
+        found.update(session.scalars(select(Instance.blob_key).where(Instance.blob_key.in_(chunk))))
+    return found
 
 
 def delete_instances(session: Session, instance_pks: Sequence[int]) -> list[str]:
@@ -252,15 +263,16 @@ def delete_instances(session: Session, instance_pks: Sequence[int]) -> list[str]
     The keys are recorded as intents in the same transaction, so a crash between the commit
     and the blob deletion leaves something start-up recovery will find.
     """
-    if not instance_pks:
-        return []
-    rows = session.execute(
-        select(Instance.blob_key, Instance.series_pk).where(Instance.pk.in_(instance_pks))
-    ).all()
-    keys = [row.blob_key for row in rows]
-    series_pks = {row.series_pk for row in rows}
-    add_intents(session, keys)
-    session.execute(delete(Instance).where(Instance.pk.in_(instance_pks)))
+    keys: list[str] = []
+    series_pks: set[int] = set()
+    for chunk in _chunks(instance_pks):
+        rows = session.execute(
+            select(Instance.blob_key, Instance.series_pk).where(Instance.pk.in_(chunk))
+        ).all()
+        keys.extend(row.blob_key for row in rows)
+        series_pks.update(row.series_pk for row in rows)
+        add_intents(session, [row.blob_key for row in rows])
+        session.execute(delete(Instance).where(Instance.pk.in_(chunk)))
     _delete_empty_levels(session, series_pks)
     return keys
 
