@@ -322,8 +322,19 @@ def main() -> int:
     parser.add_argument("--no-orthanc", action="store_true")
     parser.add_argument("--workers", type=int, default=1, help="worker processes of our server")
     parser.add_argument("--skip-parse", action="store_true", help="skip the ingest-parse figures")
+    parser.add_argument(
+        "--scenarios",
+        default="stow,frames,metadata,rendered",
+        help="comma-separated: stow, frames, metadata, rendered",
+    )
+    parser.add_argument("--frames", type=int, default=600, help="frames of the multi-frame object")
+    parser.add_argument("--frame-concurrency", default="8,32", help="concurrencies for frames")
+    parser.add_argument(
+        "--seconds", type=float, default=15, help="time budget per pixel scenario and server"
+    )
     args = parser.parse_args()
     concurrencies = [int(value) for value in args.concurrency.split(",")]
+    scenarios = set(args.scenarios.split(","))
 
     generator = Generator()
     if not args.skip_parse:
@@ -337,38 +348,71 @@ def main() -> int:
         else:
             print("Orthanc not found (apt-get install orthanc orthanc-dicomweb): ours only\n")
         try:
-            print(
-                f"STOW-RS ingest: {args.count} instances of 512x512x16 bit CT (~0.5 MB), "
-                f"{args.per_request} per request; dicomweb-server with {args.workers} worker(s)\n"
-            )
-            header = (
-                f"{'scenario':<16}{'server':<18}{'inst/s':>9}{'MB/s':>9}"
-                f"{'peak MB':>10}{'errors':>8}{'ok':>5}"
-            )
-            print(header)
-            print("-" * len(header))
-            for concurrency in concurrencies:
-                figures: dict[str, Result] = {}
-                for server in servers:
-                    instances = generator.study(args.count)
-                    result = run_stow(server, instances, concurrency, args.per_request)
-                    ok = verify(server, instances)
-                    figures[server.name] = result
-                    print(
-                        f"{'STOW c=' + str(concurrency):<16}{server.name:<18}"
-                        f"{result.instances / result.seconds:>9.1f}"
-                        f"{result.megabytes / result.seconds:>9.1f}"
-                        f"{result.peak_rss / 1e6:>10.0f}{result.errors:>8}"
-                        f"{'yes' if ok else 'NO':>5}"
-                    )
-                if len(figures) == 2:
-                    ours, theirs = figures["dicomweb-server"], figures["orthanc"]
-                    ratio = (ours.instances / ours.seconds) / (theirs.instances / theirs.seconds)
-                    print(f"{'':<16}{'ratio':<18}{ratio:>8.2f}x")
+            if "stow" in scenarios:
+                bench_stow(servers, generator, args, concurrencies)
+            pixel_scenarios(servers, generator, args, scenarios)
         finally:
             for server in servers:
                 server.stop()
     return 0
+
+
+def pixel_scenarios(
+    servers: list[Server], generator: Generator, args: argparse.Namespace, scenarios: set[str]
+) -> None:
+    sys.path.insert(0, str(Path(__file__).parent))
+    import bench_pixels
+
+    if scenarios & {"frames", "metadata", "rendered"}:
+        print("\nPixel data and metadata: requests/s, latency and server memory")
+    if "frames" in scenarios:
+        concurrencies = [int(value) for value in args.frame_concurrency.split(",")]
+        bench_pixels.bench_frames(servers, args.frames, args.seconds, concurrencies)
+    if "metadata" in scenarios:
+        print()
+        bench_pixels.header()
+        bench_pixels.bench_metadata(servers, generator.study(300, per_series=300), args.seconds)
+    if "rendered" in scenarios:
+        print()
+        bench_pixels.header()
+        bench_pixels.bench_rendered(servers, generator.study(1)[0], args.seconds)
+
+
+def bench_stow(
+    servers: list[Server],
+    generator: Generator,
+    args: argparse.Namespace,
+    concurrencies: list[int],
+) -> None:
+    """STOW-RS ingest at each client concurrency, fresh instances per server."""
+    print(
+        f"STOW-RS ingest: {args.count} instances of 512x512x16 bit CT (~0.5 MB), "
+        f"{args.per_request} per request; dicomweb-server with {args.workers} worker(s)\n"
+    )
+    header = (
+        f"{'scenario':<16}{'server':<18}{'inst/s':>9}{'MB/s':>9}"
+        f"{'peak MB':>10}{'errors':>8}{'ok':>5}"
+    )
+    print(header)
+    print("-" * len(header))
+    for concurrency in concurrencies:
+        figures: dict[str, Result] = {}
+        for server in servers:
+            instances = generator.study(args.count)
+            result = run_stow(server, instances, concurrency, args.per_request)
+            ok = verify(server, instances)
+            figures[server.name] = result
+            print(
+                f"{'STOW c=' + str(concurrency):<16}{server.name:<18}"
+                f"{result.instances / result.seconds:>9.1f}"
+                f"{result.megabytes / result.seconds:>9.1f}"
+                f"{result.peak_rss / 1e6:>10.0f}{result.errors:>8}"
+                f"{'yes' if ok else 'NO':>5}"
+            )
+        if len(figures) == 2:
+            ours, theirs = figures["dicomweb-server"], figures["orthanc"]
+            ratio = (ours.instances / ours.seconds) / (theirs.instances / theirs.seconds)
+            print(f"{'':<16}{'ratio':<18}{ratio:>8.2f}x")
 
 
 if __name__ == "__main__":

@@ -7,9 +7,10 @@ receives its configuration explicitly instead of reading the environment itself.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -66,6 +67,35 @@ class Settings(BaseSettings):
         default=1024 * 1024, ge=4096, description="Read size when streaming stored files."
     )
     sqlite_busy_timeout_ms: int = Field(default=30000, ge=0)
+
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Browser origins allowed to call the archive (CORS), comma-separated, "
+        "e.g. https://viewer.example.org; '*' allows any origin. Empty: no CORS headers.",
+    )
+    imaging_workers: int = Field(
+        default=2,
+        ge=1,
+        description="Threads that decode, encode and render pixel data; CPU-heavy work "
+        "waits for one of them instead of stalling other requests.",
+    )
+    max_render_pixels: int = Field(
+        default=2**28,
+        ge=1,
+        description="Most pixel samples (Rows x Columns x Samples per Pixel x frames) one "
+        "decode may produce for rendering or transcoding: a decompression-bomb guard. "
+        "Beyond it the request is answered 400; the data can still be retrieved as stored.",
+    )
+    max_frames_per_request: int = Field(
+        default=10_000, ge=1, description="Most frame numbers one frames request may list."
+    )
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip().rstrip("/") for origin in value.split(",") if origin.strip()]
+        return value
 
     @field_validator("url_prefix")
     @classmethod

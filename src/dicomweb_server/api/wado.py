@@ -11,6 +11,7 @@ from starlette.concurrency import iterate_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from dicomweb_server.api.byte_ranges import range_response
 from dicomweb_server.api.deps import ArchiveDep, check_path
 from dicomweb_server.api.encoding import (
     DICOM_JSON,
@@ -24,12 +25,17 @@ from dicomweb_server.api.negotiation import Offer, _admits, accept_ranges, negot
 from dicomweb_server.api.urls import base_url
 from dicomweb_server.errors import BadRequest, NotAcceptable
 from dicomweb_server.imaging.transcode import TranscodeError
+from dicomweb_server.index.lookup import InstanceRef
 from dicomweb_server.services import retrieve
 from dicomweb_server.services.archive import Archive
 
 router = APIRouter()
 
 DICOM_OFFER = Offer("multipart/related", "application/dicom")
+ZIP_OFFER = Offer("application/zip")
+#: A single instance may also be asked for as one application/dicom body (PS3.18 8.7.3.5.1),
+#: which is what makes byte ranges over it meaningful.
+SINGLE_DICOM_OFFER = Offer("application/dicom")
 METADATA_OFFERS = [
     Offer(DICOM_JSON),
     Offer("application/json"),
@@ -81,9 +87,19 @@ async def _retrieve(
 ) -> Response:
     check_path(study, series, instance)
     ranges = _require_accept(request)
-    offer, _ = negotiate(ranges, [DICOM_OFFER])
+    offers = [DICOM_OFFER, ZIP_OFFER]
+    if instance is not None:
+        offers.append(SINGLE_DICOM_OFFER)
+    offer, _ = negotiate(ranges, offers)
     refs = await anyio.to_thread.run_sync(retrieve.find_instances, archive, study, series, instance)
     target = retrieve.choose_transfer_syntax(_requested_syntaxes(ranges, offer), refs)
+    if offer is ZIP_OFFER:
+        name = (instance or series or study) + ".zip"
+        return StreamingResponse(
+            iterate_in_threadpool(retrieve.zip_chunks(archive, refs, target)),
+            media_type="application/zip",
+            headers={"Vary": "Accept", "Content-Disposition": f'attachment; filename="{name}"'},
+        )
     root = base_url(request, archive.settings)
     # One stored instance is sent with a boundary derived from its hash, so the whole
     # representation is stable and its ETag a true strong validator.
@@ -104,6 +120,8 @@ async def _retrieve(
                 f"{exc}; ask with transfer-syntax=* for the stored syntax "
                 f"{refs[0].transfer_syntax_uid}"
             ) from exc
+    if offer is SINGLE_DICOM_OFFER:
+        return _single_instance(request, archive, refs[0], target, ready)
     for ref in refs:
         syntax = retrieve.delivered_syntax(ref, target)
         location = (
@@ -129,6 +147,33 @@ async def _retrieve(
         media_type += f"; transfer-syntax={target}"
     return StreamingResponse(
         _multipart_stream(boundary, parts), media_type=media_type, headers=headers
+    )
+
+
+def _single_instance(
+    request: Request, archive: Archive, ref: InstanceRef, target: str, ready: bytes | None
+) -> Response:
+    """One instance as a single-part application/dicom body, with byte ranges when stored."""
+    syntax = retrieve.delivered_syntax(ref, target)
+    media_type = f"application/dicom; transfer-syntax={syntax}"
+    headers = {"Vary": "Accept"}
+    if ready is not None:
+        return Response(ready, media_type=media_type, headers=headers)
+    etag = f'"{ref.sha256}"'
+    if _etag_matches(request.headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers={**headers, "ETag": etag})
+    chunk = archive.settings.retrieve_chunk_bytes
+
+    def read(offset: int, size: int) -> Iterator[bytes]:
+        return archive.blobs.iter_range(ref.blob_key, offset, size, chunk)
+
+    return range_response(
+        request.headers,
+        length=ref.size,
+        etag=etag,
+        media_type=media_type,
+        read=read,
+        headers=headers,
     )
 
 
@@ -219,7 +264,12 @@ async def retrieve_bulk_data(
     # Only what the value really is can be offered: compressed pixel data comes in its
     # compressed media type (frame by frame), everything else as octet-stream.
     offered = bulk.parts[0].media_type
-    negotiate(ranges, [Offer("multipart/related", offered)])
+    offers = [Offer("multipart/related", offered)]
+    if len(bulk.parts) == 1:
+        offers.append(Offer(offered))
+    offer, _ = negotiate(ranges, offers)
+    if offer.part_type is None:
+        return _single_bulk(request, archive, bulk)
     boundary = new_boundary()
     parts: list[tuple[bytes, Callable[[], Iterator[bytes]]]] = []
     for part in bulk.parts:
@@ -228,3 +278,29 @@ async def retrieve_bulk_data(
         parts.append((head, partial(retrieve.bulk_chunks, archive, bulk.instance, part)))
     media_type = multipart_related_type(boundary, bulk.parts[0].media_type)
     return StreamingResponse(_multipart_stream(boundary, parts), media_type=media_type)
+
+
+def _single_bulk(request: Request, archive: Archive, bulk: retrieve.BulkData) -> Response:
+    """One bulk data value as a single-part body, honouring byte ranges (RFC 9110 14)."""
+    part = bulk.parts[0]
+    syntax = f"; transfer-syntax={part.transfer_syntax}" if part.transfer_syntax else ""
+    media_type = part.media_type + syntax
+    length = len(part.data) if part.data is not None else sum(n for _, n in part.ranges)
+    # The value's bytes are a function of the stored instance and the path: the instance
+    # hash and the path make a strong validator.
+    etag = f'"{bulk.instance.sha256}-{request.url.path.rsplit("/bulk/", 1)[-1]}"'
+    headers = {"Vary": "Accept"}
+    if _etag_matches(request.headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers={**headers, "ETag": etag})
+
+    def read(offset: int, size: int) -> Iterator[bytes]:
+        return retrieve.bulk_range(archive, bulk.instance, part, offset, size)
+
+    return range_response(
+        request.headers,
+        length=length,
+        etag=etag,
+        media_type=media_type,
+        read=read,
+        headers=headers,
+    )

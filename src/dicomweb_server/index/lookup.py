@@ -81,3 +81,31 @@ def find_bulk(session: Session, study: str, series: str, instance: str) -> BulkR
     if row is None:
         return None
     return BulkRef(InstanceRef(*row[:9]), row[9], row[10], bool(row[11]))
+
+
+def find_image_instances(
+    session: Session, study: str, series: str | None = None, instance: str | None = None
+) -> list[BulkRef]:
+    """Instances with pixel data (Rows present), by Series Number, then Instance Number."""
+    columns = (*_REF_COLUMNS, Instance.bulk_json, Instance.pixel_layout_json, Instance.deflated)
+    query = (
+        select(*columns)
+        .join(Series, Instance.series_pk == Series.pk)
+        .join(Study, Series.study_pk == Study.pk)
+        .where(Study.study_instance_uid == study, Instance.rows.is_not(None))
+    )
+    if series is not None:
+        query = query.where(Series.series_instance_uid == series)
+    if instance is not None:
+        query = query.where(Instance.sop_instance_uid == instance)
+    query = query.order_by(
+        Series.series_number.is_(None),
+        Series.series_number,
+        Series.pk,
+        Instance.instance_number,
+        Instance.pk,
+    )
+    return [
+        BulkRef(InstanceRef(*row[:9]), row[9], row[10], bool(row[11]))
+        for row in session.execute(query).all()
+    ]

@@ -1,0 +1,154 @@
+"""WADO-RS frames: ``.../instances/{i}/frames/{list}`` (PS3.18 10.4.1.1.3, 8.7.3.3)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+
+import anyio
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from dicomweb_server.api.byte_ranges import range_response
+from dicomweb_server.api.deps import ArchiveDep, check_path
+from dicomweb_server.api.encoding import multipart_related_type, new_boundary
+from dicomweb_server.api.frame_media import FrameChoice, choose_frame_representation
+from dicomweb_server.api.negotiation import accept_ranges
+from dicomweb_server.api.urls import base_url
+from dicomweb_server.errors import NotAcceptable
+from dicomweb_server.imaging.codecs import FrameCodecError, can_transcode_frame, transcode_frame
+from dicomweb_server.services import pixels
+from dicomweb_server.services.archive import Archive
+
+router = APIRouter()
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    source: pixels.FrameSource
+    numbers: list[int]
+    choice: FrameChoice
+    first: bytes | None
+
+
+def _plan(
+    archive: Archive, request: Request, study: str, series: str, instance: str, frames: str
+) -> _Plan:
+    """Everything before the first byte: lookup, frame checks, negotiation (blocking)."""
+    numbers = pixels.parse_frame_list(frames, archive.settings.max_frames_per_request)
+    source = pixels.find_frame_source(archive, study, series, instance)
+    pixels.check_frames(source, numbers)
+
+    def can_transcode(stored: str, target: str) -> bool:
+        attributes = pixels.image_attributes(archive, source)
+        return can_transcode_frame(attributes, stored, target)
+
+    choice = choose_frame_representation(
+        accept_ranges(request), source.transfer_syntax, len(numbers), can_transcode
+    )
+    first = None
+    if len(numbers) == 1 or not choice.stored:
+        first = pixels.read_stored_frame(archive, source, numbers[0])
+    return _Plan(source, numbers, choice, first)
+
+
+def _transcode(archive: Archive, plan: _Plan, frame: bytes) -> bytes:
+    attributes = pixels.image_attributes(archive, plan.source)
+    pixels.check_pixel_budget(archive, attributes, frames=1)
+    try:
+        return transcode_frame(
+            attributes,
+            frame,
+            plan.source.transfer_syntax,
+            plan.choice.transfer_syntax,
+            pixel_vr=pixels.pixel_vr(archive, plan.source),
+        )
+    except FrameCodecError as exc:
+        raise NotAcceptable(
+            f"cannot deliver the frame in {plan.choice.transfer_syntax}: {exc}; ask with "
+            "transfer-syntax=* for the stored bytes"
+        ) from exc
+
+
+def _deliver(archive: Archive, plan: _Plan, number: int) -> bytes:
+    frame = pixels.read_stored_frame(archive, plan.source, number)
+    return frame if plan.choice.stored else _transcode(archive, plan, frame)
+
+
+@router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}")
+async def retrieve_frames(
+    request: Request, archive: ArchiveDep, study: str, series: str, instance: str, frames: str
+) -> Response:
+    """One or more frames of an instance, as stored or transcoded."""
+    check_path(study, series, instance)
+    plan = await anyio.to_thread.run_sync(_plan, archive, request, study, series, instance, frames)
+    choice = plan.choice
+    limiter = request.app.state.imaging_limiter
+    first = plan.first
+    if first is not None and not choice.stored:
+        # Transcode the first frame before answering, so a codec failure is a clean 406.
+        first = await anyio.to_thread.run_sync(_transcode, archive, plan, first, limiter=limiter)
+    headers = {"Vary": "Accept"}
+    if not choice.multipart:
+        assert first is not None
+        if not choice.stored:
+            return Response(first, media_type=choice.content_type, headers=headers)
+        # The stored bytes of a frame of an immutable instance: a strong validator.
+        etag = f'"{plan.source.instance.sha256}-{plan.numbers[0]}"'
+        if "range" not in request.headers:
+            headers.update({"ETag": etag, "Accept-Ranges": "bytes"})
+            return Response(first, media_type=choice.content_type, headers=headers)
+        return range_response(
+            request.headers,
+            length=len(first),
+            etag=etag,
+            media_type=choice.content_type,
+            read=_slice_reader(first),
+            headers=headers,
+        )
+    boundary = new_boundary()
+    root = base_url(request, archive.settings)
+    ref = plan.source.instance
+    location = (
+        f"{root}/studies/{ref.study_instance_uid}/series/{ref.series_instance_uid}"
+        f"/instances/{ref.sop_instance_uid}/frames/"
+    )
+
+    def head(number: int) -> bytes:
+        return (
+            f"--{boundary}\r\nContent-Type: {choice.content_type}\r\n"
+            f"Content-Location: {location}{number}\r\n\r\n"
+        ).encode()
+
+    media_type = multipart_related_type(boundary, choice.media_type)
+    media_type += f"; transfer-syntax={choice.transfer_syntax}"
+    closing = f"\r\n--{boundary}--\r\n".encode()
+    if len(plan.numbers) == 1 and first is not None:
+        body = head(plan.numbers[0]) + first + closing
+        return Response(body, media_type=media_type, headers=headers)
+
+    async def stream() -> AsyncIterator[bytes]:
+        for index, number in enumerate(plan.numbers):
+            if index == 0 and first is not None:
+                data = first
+            elif choice.stored:
+                data = await anyio.to_thread.run_sync(
+                    pixels.read_stored_frame, archive, plan.source, number
+                )
+            else:
+                data = await anyio.to_thread.run_sync(
+                    _deliver, archive, plan, number, limiter=limiter
+                )
+            yield (b"\r\n" if index else b"") + head(number)
+            yield data
+        yield closing
+
+    return StreamingResponse(stream(), media_type=media_type, headers=headers)
+
+
+def _slice_reader(data: bytes) -> Callable[[int, int], Iterator[bytes]]:
+    def read(offset: int, size: int) -> Iterator[bytes]:
+        yield data[offset : offset + size]
+
+    return read
