@@ -140,28 +140,31 @@ class Generator:
 
     def __init__(self, seed: int = 7) -> None:
         rng = np.random.default_rng(seed)
+        self.studies = 0
         self.pixels = [
             rng.integers(0, 4096, size=(512, 512), dtype=np.uint16).tobytes() for _ in range(8)
         ]
 
     def study(self, count: int, per_series: int = 100) -> list[bytes]:
+        # One patient per study, as in real data (Orthanc files a study under its patient).
+        self.studies += 1
         study = generate_uid()
         series = generate_uid()
         result = []
         for index in range(count):
             if index and index % per_series == 0:
                 series = generate_uid()
-            result.append(self.instance(study, series, index))
+            result.append(self.instance(study, series, index, self.studies))
         return result
 
-    def instance(self, study: str, series: str, index: int) -> bytes:
+    def instance(self, study: str, series: str, index: int, patient: int = 0) -> bytes:
         ds = Dataset()
         ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
         ds.SOPInstanceUID = generate_uid()
         ds.StudyInstanceUID = study
         ds.SeriesInstanceUID = series
-        ds.PatientName = f"Bench^Patient{index % 10}"
-        ds.PatientID = f"BENCH{index % 10}"
+        ds.PatientName = f"Bench^Patient{patient}"
+        ds.PatientID = f"BENCH{patient}"
         ds.StudyDate = "20240101"
         ds.StudyTime = "120000"
         ds.Modality = "CT"

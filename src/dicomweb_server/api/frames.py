@@ -16,6 +16,7 @@ from dicomweb_server.api.encoding import multipart_related_type, new_boundary
 from dicomweb_server.api.frame_media import FrameChoice, choose_frame_representation
 from dicomweb_server.api.negotiation import accept_ranges
 from dicomweb_server.api.urls import base_url
+from dicomweb_server.api.wado import etag_matches
 from dicomweb_server.errors import NotAcceptable
 from dicomweb_server.imaging.codecs import FrameCodecError, can_transcode_frame, transcode_frame
 from dicomweb_server.services import pixels
@@ -48,22 +49,17 @@ def _plan(
         accept_ranges(request), source.transfer_syntax, len(numbers), can_transcode
     )
     first = None
-    if len(numbers) == 1 or not choice.stored:
+    if choice.stored:
         first = pixels.read_stored_frame(archive, source, numbers[0])
     return _Plan(source, numbers, choice, first)
 
 
-def _transcode(archive: Archive, plan: _Plan, frame: bytes) -> bytes:
+def _transcode(archive: Archive, plan: _Plan, number: int) -> bytes:
     attributes = pixels.image_attributes(archive, plan.source)
     pixels.check_pixel_budget(archive, attributes, frames=1)
+    frame, syntax = pixels.read_frame_to_decode(archive, plan.source, number)
     try:
-        return transcode_frame(
-            attributes,
-            frame,
-            plan.source.transfer_syntax,
-            plan.choice.transfer_syntax,
-            pixel_vr=pixels.pixel_vr(archive, plan.source),
-        )
+        return transcode_frame(attributes, frame, syntax, plan.choice.transfer_syntax)
     except FrameCodecError as exc:
         raise NotAcceptable(
             f"cannot deliver the frame in {plan.choice.transfer_syntax}: {exc}; ask with "
@@ -72,8 +68,9 @@ def _transcode(archive: Archive, plan: _Plan, frame: bytes) -> bytes:
 
 
 def _deliver(archive: Archive, plan: _Plan, number: int) -> bytes:
-    frame = pixels.read_stored_frame(archive, plan.source, number)
-    return frame if plan.choice.stored else _transcode(archive, plan, frame)
+    if plan.choice.stored:
+        return pixels.read_stored_frame(archive, plan.source, number)
+    return _transcode(archive, plan, number)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}")
@@ -86,16 +83,19 @@ async def retrieve_frames(
     choice = plan.choice
     limiter = request.app.state.imaging_limiter
     first = plan.first
-    if first is not None and not choice.stored:
+    if first is None:
         # Transcode the first frame before answering, so a codec failure is a clean 406.
-        first = await anyio.to_thread.run_sync(_transcode, archive, plan, first, limiter=limiter)
+        first = await anyio.to_thread.run_sync(
+            _transcode, archive, plan, plan.numbers[0], limiter=limiter
+        )
     headers = {"Vary": "Accept"}
     if not choice.multipart:
-        assert first is not None
         if not choice.stored:
             return Response(first, media_type=choice.content_type, headers=headers)
         # The stored bytes of a frame of an immutable instance: a strong validator.
         etag = f'"{plan.source.instance.sha256}-{plan.numbers[0]}"'
+        if etag_matches(request.headers.get("if-none-match"), etag):
+            return Response(status_code=304, headers={**headers, "ETag": etag})
         if "range" not in request.headers:
             headers.update({"ETag": etag, "Accept-Ranges": "bytes"})
             return Response(first, media_type=choice.content_type, headers=headers)
@@ -124,18 +124,16 @@ async def retrieve_frames(
     media_type = multipart_related_type(boundary, choice.media_type)
     media_type += f"; transfer-syntax={choice.transfer_syntax}"
     closing = f"\r\n--{boundary}--\r\n".encode()
-    if len(plan.numbers) == 1 and first is not None:
+    if len(plan.numbers) == 1:
         body = head(plan.numbers[0]) + first + closing
         return Response(body, media_type=media_type, headers=headers)
 
     async def stream() -> AsyncIterator[bytes]:
         for index, number in enumerate(plan.numbers):
-            if index == 0 and first is not None:
+            if index == 0:
                 data = first
             elif choice.stored:
-                data = await anyio.to_thread.run_sync(
-                    pixels.read_stored_frame, archive, plan.source, number
-                )
+                data = await anyio.to_thread.run_sync(_deliver, archive, plan, number)
             else:
                 data = await anyio.to_thread.run_sync(
                     _deliver, archive, plan, number, limiter=limiter

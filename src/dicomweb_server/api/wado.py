@@ -54,7 +54,7 @@ def _require_accept(request: Request) -> list[MediaRange]:
     return ranges
 
 
-def _etag_matches(if_none_match: str | None, etag: str) -> bool:
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
     """If-None-Match uses weak comparison over a list of entity tags (RFC 9110 13.1.2)."""
     if not if_none_match:
         return False
@@ -140,7 +140,7 @@ async def _retrieve(
     if instance is not None and ready is None:
         # The part is the stored bytes, whose SHA-256 is their strong validator.
         headers["ETag"] = f'"{refs[0].sha256}"'
-        if _etag_matches(request.headers.get("if-none-match"), headers["ETag"]):
+        if etag_matches(request.headers.get("if-none-match"), headers["ETag"]):
             return Response(status_code=304, headers=headers)
     media_type = multipart_related_type(boundary, "application/dicom")
     if target != retrieve.ANY_TRANSFER_SYNTAX:
@@ -160,7 +160,7 @@ def _single_instance(
     if ready is not None:
         return Response(ready, media_type=media_type, headers=headers)
     etag = f'"{ref.sha256}"'
-    if _etag_matches(request.headers.get("if-none-match"), etag):
+    if etag_matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers={**headers, "ETag": etag})
     chunk = archive.settings.retrieve_chunk_bytes
 
@@ -290,7 +290,7 @@ def _single_bulk(request: Request, archive: Archive, bulk: retrieve.BulkData) ->
     # hash and the path make a strong validator.
     etag = f'"{bulk.instance.sha256}-{request.url.path.rsplit("/bulk/", 1)[-1]}"'
     headers = {"Vary": "Accept"}
-    if _etag_matches(request.headers.get("if-none-match"), etag):
+    if etag_matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers={**headers, "ETag": etag})
 
     def read(offset: int, size: int) -> Iterator[bytes]:

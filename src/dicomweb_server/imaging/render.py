@@ -527,6 +527,17 @@ def _grayscale_to_8bit(
     Function), else -- no stored VOI, or a stored one that cannot be applied -- a window
     spanning the minimum to the maximum finite modality value of the frame. NaN renders as 0.
     """
+    lookup = _lookup_domain(attrs, pixels)
+    if lookup is not None:
+        # Every step up to 8 bits is pointwise, so evaluate it once per possible stored
+        # value between the frame's minimum and maximum (a few thousand for a 12-bit CT)
+        # instead of once per pixel, then index: several times faster for large frames, and
+        # the same values, because the same code computes them.
+        low, domain = lookup
+        table = _grayscale_to_8bit(attrs, domain, window, interpretation)
+        offsets = pixels.astype(np.int32) - low if low else pixels
+        grey: ByteArray = np.take(table.ravel(), offsets)
+        return grey
     try:
         values = apply_modality_lut(pixels, attrs)
     except _PYDICOM_ERRORS as exc:
@@ -544,6 +555,27 @@ def _grayscale_to_8bit(
         # INVERSE "shall be used if Photometric Interpretation is MONOCHROME1").
         np.subtract(255, grey, out=grey)
     return grey
+
+
+_LOOKUP_MIN_PIXELS: Final = 4096
+
+
+def _lookup_domain(attrs: Dataset, pixels: np.ndarray) -> tuple[int, np.ndarray] | None:
+    """The frame's stored-value range as a one-row image, when a lookup table is worth it.
+
+    Only for integer frames of at most 16 bits with more pixels than distinct values, and
+    not with a Modality LUT Sequence: the min-max fallback window is taken over the modality
+    values, and only a monotonic modality transformation (rescale) maps the frame's extremes
+    to the extremes over the whole range.
+    """
+    if pixels.dtype.kind not in "ui" or pixels.dtype.itemsize > 2 or pixels.ndim != 2:
+        return None
+    if pixels.size < _LOOKUP_MIN_PIXELS or attrs.get("ModalityLUTSequence"):
+        return None
+    low, high = int(pixels.min()), int(pixels.max())
+    if high - low + 1 > pixels.size // 2:
+        return None
+    return low, np.arange(low, high + 1, dtype=pixels.dtype).reshape(1, -1)
 
 
 def _presentation_shape(attrs: Dataset) -> str:

@@ -20,6 +20,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from dicomweb_server.dicom.pixel_layout import PixelLayout
+from dicomweb_server.dicom.transfer_syntax import EXPLICIT_VR_BIG_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN
 from dicomweb_server.errors import BadRequest, NotFound
 from dicomweb_server.index import lookup
 from dicomweb_server.index.lookup import InstanceRef
@@ -149,6 +150,37 @@ def read_stored_frame(archive: Archive, source: FrameSource, number: int) -> byt
         return extract_unaligned_frame(value, attributes, number - 1)
     size = frame_bits // 8
     return value[(number - 1) * size : number * size]
+
+
+def read_frame_to_decode(archive: Archive, source: FrameSource, number: int) -> tuple[bytes, str]:
+    """Frame `number` for a decoder, with the transfer syntax its bytes are in.
+
+    Native big-endian frames come back little-endian (Explicit VR Little Endian): 8-bit
+    Pixel Data stored as OW was byte-swapped in word pairs across the whole value, so a
+    frame of odd length starts or ends mid-word and can only be swapped after reading the
+    surrounding whole words.
+    """
+    stored = source.transfer_syntax
+    layout = source.layout
+    if stored != EXPLICIT_VR_BIG_ENDIAN or layout is None or layout.frame_length == 0:
+        return read_stored_frame(archive, source, number), stored
+    from dicomweb_server.imaging.codecs import big_endian_to_little
+
+    attributes = image_attributes(archive, source)
+    bits = int(attributes.get("BitsAllocated") or 8)
+    vr = pixel_vr(archive, source)
+    word = 2 if bits == 8 and vr == "OW" else max(1, bits // 8)
+    ((offset, length),) = layout.frame_ranges(number - 1)
+    relative = offset - layout.value_offset
+    start = relative - relative % word
+    end = relative + length
+    end = min(end + (-end) % word, layout.value_length)
+    data = archive.blobs.read_range(
+        source.instance.blob_key, layout.value_offset + start, end - start
+    )
+    swapped = big_endian_to_little(data[: len(data) - len(data) % word], bits, vr)
+    swapped += data[len(swapped) :]
+    return swapped[relative - start : relative - start + length], EXPLICIT_VR_LITTLE_ENDIAN
 
 
 def read_dataset(

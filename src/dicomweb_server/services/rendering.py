@@ -58,11 +58,9 @@ def render(archive: Archive, source: FrameSource, number: int, params: RenderPar
     """One frame (1-based) rendered to the requested image type (blocking, CPU-heavy)."""
     attributes = pixels.image_attributes(archive, source)
     pixels.check_pixel_budget(archive, attributes, frames=1)
-    frame = pixels.read_stored_frame(archive, source, number)
+    frame, syntax = pixels.read_frame_to_decode(archive, source, number)
     try:
-        array = decode_frame(
-            attributes, frame, source.transfer_syntax, pixel_vr=pixels.pixel_vr(archive, source)
-        )
+        array = decode_frame(attributes, frame, syntax)
         return render_frame(attributes, array, params, frame_index=number - 1)
     except FrameCodecError as exc:
         raise BadRequest(f"cannot decode the pixel data to render it: {exc}") from exc
@@ -120,11 +118,9 @@ def make_thumbnail(
         return cached
     attributes = pixels.image_attributes(archive, source)
     pixels.check_pixel_budget(archive, attributes, frames=1)
-    frame = pixels.read_stored_frame(archive, source, 1)
+    frame, syntax = pixels.read_frame_to_decode(archive, source, 1)
     try:
-        array = decode_frame(
-            attributes, frame, source.transfer_syntax, pixel_vr=pixels.pixel_vr(archive, source)
-        )
+        array = decode_frame(attributes, frame, syntax)
         image = thumbnail(attributes, array, viewport, media_type)
     except FrameCodecError as exc:
         raise BadRequest(f"cannot decode the pixel data for a thumbnail: {exc}") from exc
