@@ -268,12 +268,24 @@ def test_encapsulated_pixel_data_bulk_is_per_frame(http: httpx.Client) -> None:
         )
     )
     assert [content for _, content in parts] == frames
-    assert (
-        http.get(
-            uri, headers={"Accept": 'multipart/related; type="application/octet-stream"'}
-        ).status_code
-        == 406
+    # The Pixel Data BulkDataURI is frame-capable: asked for uncompressed data, it answers
+    # like the frames resource, one decoded Explicit VR Little Endian part per frame.
+    decoded = http.get(
+        uri, headers={"Accept": 'multipart/related; type="application/octet-stream"'}
     )
+    assert decoded.status_code == 200, decoded.text
+    decoded_parts = list(split_multipart(decoded.content, decoded.headers["content-type"]))
+    assert len(decoded_parts) == len(frames)
+    headers, content = decoded_parts[0]
+    assert "transfer-syntax=1.2.840.10008.1.2.1" in headers["content-type"]
+    assert content == ds.pixel_array.astype(ds.pixel_array.dtype.newbyteorder("<")).tobytes()
+    lossy = http.get(
+        uri,
+        headers={
+            "Accept": 'multipart/related; type="image/jpeg"; transfer-syntax=1.2.840.10008.1.2.4.50'
+        },
+    )
+    assert lossy.status_code == 406
 
 
 def test_deflated_instance_metadata_and_bulk(http: httpx.Client) -> None:

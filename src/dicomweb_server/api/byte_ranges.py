@@ -250,3 +250,14 @@ def _multipart(
         "content-length": str(total),
     }
     return StreamingResponse(body(), 206, headers=multipart)
+
+
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """If-None-Match uses weak comparison over a list of entity tags (RFC 9110 13.1.2)."""
+    if not if_none_match:
+        return False
+    for candidate in if_none_match.split(","):
+        candidate = candidate.strip()
+        if candidate == "*" or candidate.removeprefix("W/") == etag:
+            return True
+    return False

@@ -10,13 +10,12 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from dicomweb_server.api.byte_ranges import range_response
+from dicomweb_server.api.byte_ranges import etag_matches, range_response
 from dicomweb_server.api.deps import ArchiveDep, check_path
 from dicomweb_server.api.encoding import multipart_related_type, new_boundary
 from dicomweb_server.api.frame_media import FrameChoice, choose_frame_representation
 from dicomweb_server.api.negotiation import accept_ranges
 from dicomweb_server.api.urls import base_url
-from dicomweb_server.api.wado import etag_matches
 from dicomweb_server.errors import NotAcceptable
 from dicomweb_server.imaging.codecs import FrameCodecError, can_transcode_frame, transcode_frame
 from dicomweb_server.services import pixels
@@ -34,10 +33,18 @@ class _Plan:
 
 
 def _plan(
-    archive: Archive, request: Request, study: str, series: str, instance: str, frames: str
+    archive: Archive,
+    request: Request,
+    study: str,
+    series: str,
+    instance: str,
+    frames: str | list[int],
 ) -> _Plan:
     """Everything before the first byte: lookup, frame checks, negotiation (blocking)."""
-    numbers = pixels.parse_frame_list(frames, archive.settings.max_frames_per_request)
+    if isinstance(frames, str):
+        numbers = pixels.parse_frame_list(frames, archive.settings.max_frames_per_request)
+    else:
+        numbers = frames
     source = pixels.find_frame_source(archive, study, series, instance)
     pixels.check_frames(source, numbers)
 
@@ -79,6 +86,18 @@ async def retrieve_frames(
 ) -> Response:
     """One or more frames of an instance, as stored or transcoded."""
     check_path(study, series, instance)
+    return await frames_response(request, archive, study, series, instance, frames)
+
+
+async def frames_response(
+    request: Request,
+    archive: Archive,
+    study: str,
+    series: str,
+    instance: str,
+    frames: str | list[int],
+) -> Response:
+    """The frames response for a frame list (text from the path, or numbers)."""
     plan = await anyio.to_thread.run_sync(_plan, archive, request, study, series, instance, frames)
     choice = plan.choice
     limiter = request.app.state.imaging_limiter

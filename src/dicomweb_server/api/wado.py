@@ -11,7 +11,8 @@ from starlette.concurrency import iterate_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from dicomweb_server.api.byte_ranges import range_response
+from dicomweb_server.api import frames
+from dicomweb_server.api.byte_ranges import etag_matches, range_response
 from dicomweb_server.api.deps import ArchiveDep, check_path
 from dicomweb_server.api.encoding import (
     DICOM_JSON,
@@ -52,17 +53,6 @@ def _require_accept(request: Request) -> list[MediaRange]:
             '(e.g. Accept: multipart/related; type="application/dicom"; transfer-syntax=*)'
         )
     return ranges
-
-
-def etag_matches(if_none_match: str | None, etag: str) -> bool:
-    """If-None-Match uses weak comparison over a list of entity tags (RFC 9110 13.1.2)."""
-    if not if_none_match:
-        return False
-    for candidate in if_none_match.split(","):
-        candidate = candidate.strip()
-        if candidate == "*" or candidate.removeprefix("W/") == etag:
-            return True
-    return False
 
 
 def _requested_syntaxes(ranges: list[MediaRange], offer: Offer) -> list[str | None]:
@@ -267,7 +257,17 @@ async def retrieve_bulk_data(
     offers = [Offer("multipart/related", offered)]
     if len(bulk.parts) == 1:
         offers.append(Offer(offered))
-    offer, _ = negotiate(ranges, offers)
+    try:
+        offer, _ = negotiate(ranges, offers)
+    except NotAcceptable:
+        if bulk.frames is None:
+            raise
+        # Compressed Pixel Data asked for in another representation (decoded frames, or
+        # another syntax): the value is a frame-capable resource, answered like the frames
+        # resource for all its frames.
+        return await frames.frames_response(
+            request, archive, study, series, instance, list(range(1, bulk.frames + 1))
+        )
     if offer.part_type is None:
         return _single_bulk(request, archive, bulk)
     boundary = new_boundary()

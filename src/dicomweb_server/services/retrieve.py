@@ -180,8 +180,11 @@ class BulkPart:
 
 @dataclass(frozen=True, slots=True)
 class BulkData:
+    """A bulk data value; ``frames`` is the frame count when it is encapsulated Pixel Data."""
+
     instance: InstanceRef
     parts: list[BulkPart]
+    frames: int | None = None
 
 
 def _value_from_file(archive: Archive, ref: InstanceRef, path: str) -> bytes:
@@ -224,7 +227,7 @@ def bulk_data(archive: Archive, study: str, series: str, instance: str, path: st
                 BulkPart(media, layout.frame_ranges(index), transfer_syntax=ref.transfer_syntax_uid)
                 for index in range(layout.number_of_frames)
             ]
-            return BulkData(ref, parts)
+            return BulkData(ref, parts, layout.number_of_frames)
     big_endian = ref.transfer_syntax_uid == EXPLICIT_VR_BIG_ENDIAN
     for entry in orjson.loads(found.bulk_json or b"[]"):
         entry_path, vr, offset, length = entry
