@@ -151,6 +151,49 @@ def test_default_transfer_syntax_transcodes_compressed_to_explicit_le(http: http
     assert next(iter(parts))[1] == data
 
 
+@pytest.mark.parametrize(
+    "target",
+    ["1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.90"],
+    ids=["rle", "jpeg-ls", "j2k"],
+)
+@pytest.mark.parametrize("name", ["CT_small.dcm", "JPEG2000.dcm", "SC_rgb_rle_2frame.dcm"])
+def test_instances_transcoded_to_lossless_syntaxes(
+    http: httpx.Client, name: str, target: str
+) -> None:
+    data = bundled_bytes(name)
+    store(http, [data])
+    original = dataset_from_bytes(data)
+    study_path = f"/studies/{original.StudyInstanceUID}"
+    for path in (instance_path(data), study_path):
+        response = http.get(
+            path,
+            headers={
+                "Accept": f'multipart/related; type="application/dicom"; transfer-syntax={target}'
+            },
+        )
+        assert response.status_code == 200, response.text
+        parts = list(split_multipart(response.content, response.headers["content-type"]))
+        by_uid = {dataset_from_bytes(c).SOPInstanceUID: (h, c) for h, c in parts}
+        headers, content = by_uid[original.SOPInstanceUID]
+        assert headers["content-type"] == f"application/dicom; transfer-syntax={target}"
+        delivered = dataset_from_bytes(content)
+        assert delivered.file_meta.TransferSyntaxUID == target
+        assert np.array_equal(delivered.pixel_array, original.pixel_array)
+
+
+def test_lossy_instance_target_is_406(http: httpx.Client) -> None:
+    data = bundled_bytes("CT_small.dcm")
+    store(http, [data])
+    response = http.get(
+        instance_path(data),
+        headers={
+            "Accept": 'multipart/related; type="application/dicom"; '
+            "transfer-syntax=1.2.840.10008.1.2.4.50"
+        },
+    )
+    assert response.status_code == 406
+
+
 def test_implicit_vr_is_delivered_explicit_by_default(http: httpx.Client) -> None:
     data = bundled_bytes("MR_small_implicit.dcm")
     store(http, [data])
