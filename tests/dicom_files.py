@@ -145,3 +145,25 @@ def split_multipart(body: bytes, content_type: str) -> Iterator[tuple[dict[str, 
 
 def dataset_from_bytes(data: bytes) -> Dataset:
     return pydicom.dcmread(io.BytesIO(data))
+
+
+def instance_path(data: bytes) -> str:
+    """The WADO-RS path of an instance, relative to the DICOMweb root."""
+    ds = dataset_from_bytes(data)
+    return (
+        f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+        f"/instances/{ds.SOPInstanceUID}"
+    )
+
+
+def with_new_uids(data: bytes, study: str | None = None, series: str | None = None) -> bytes:
+    """A file under a fresh SOP Instance UID, and the given or fresh study and series UIDs
+    (several bundled files share their UIDs)."""
+    ds = dataset_from_bytes(data)
+    ds.StudyInstanceUID = study or generate_uid()
+    ds.SeriesInstanceUID = series or generate_uid()
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    return buffer.getvalue()

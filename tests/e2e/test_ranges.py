@@ -7,40 +7,23 @@ deterministic function of them): ``application/dicom; transfer-syntax=*`` for an
 
 from __future__ import annotations
 
-import io
-
 import httpx
 import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import generate_uid
 
-from tests.dicom_files import bundled_bytes, dataset_from_bytes, split_multipart
+from tests.dicom_files import (
+    bundled_bytes,
+    dataset_from_bytes,
+    instance_path,
+    split_multipart,
+    with_new_uids,
+)
 from tests.e2e.server import ServerProcess
 
 SINGLE_DICOM = "application/dicom; transfer-syntax=*"
 OCTETS = "application/octet-stream"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
-
-
-def with_new_uids(data: bytes) -> bytes:
-    """A bundled file under fresh UIDs (several bundled files share theirs)."""
-    ds = dataset_from_bytes(data)
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.SOPInstanceUID = generate_uid()
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    buffer = io.BytesIO()
-    ds.save_as(buffer)
-    return buffer.getvalue()
-
-
-def instance_path(data: bytes) -> str:
-    ds = dataset_from_bytes(data)
-    return (
-        f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
-        f"/instances/{ds.SOPInstanceUID}"
-    )
 
 
 def store(http: httpx.Client, data: bytes) -> None:

@@ -12,28 +12,15 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_windowing
 from pydicom.uid import generate_uid
 
-from tests.dicom_files import bundled_bytes, dataset_from_bytes, make_ct, split_multipart
+from tests.dicom_files import (
+    bundled_bytes,
+    dataset_from_bytes,
+    instance_path,
+    make_ct,
+    split_multipart,
+    with_new_uids,
+)
 from tests.e2e.server import ServerProcess
-
-
-def with_uids(data: bytes, study: str | None = None, series: str | None = None) -> bytes:
-    """A bundled file under fresh UIDs (several bundled files share theirs)."""
-    ds = dataset_from_bytes(data)
-    ds.StudyInstanceUID = study or generate_uid()
-    ds.SeriesInstanceUID = series or generate_uid()
-    ds.SOPInstanceUID = generate_uid()
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    buffer = io.BytesIO()
-    ds.save_as(buffer)
-    return buffer.getvalue()
-
-
-def path_of(data: bytes) -> str:
-    ds = dataset_from_bytes(data)
-    return (
-        f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
-        f"/instances/{ds.SOPInstanceUID}"
-    )
 
 
 def store(http: httpx.Client, parts: list[bytes]) -> None:
@@ -73,7 +60,7 @@ def images(server: ServerProcess) -> dict[str, bytes]:
     buffer = io.BytesIO()
     report.save_as(buffer)
     files = {
-        "ct": with_uids(bundled_bytes("CT_small.dcm")),
+        "ct": with_new_uids(bundled_bytes("CT_small.dcm")),
         "wide": make_ct(rows=100, columns=200),
         "mono2": make_ct(rows=40, columns=40, pixel_data=grey),
         "mono1": make_ct(
@@ -82,17 +69,17 @@ def images(server: ServerProcess) -> dict[str, bytes]:
             pixel_data=grey,
             extra={"PhotometricInterpretation": "MONOCHROME1"},
         ),
-        "rgb": with_uids(bundled_bytes("examples_rgb_color.dcm")),
-        "ybr_jpeg": with_uids(bundled_bytes("SC_rgb_jpeg_dcmtk.dcm")),
-        "palette": with_uids(bundled_bytes("examples_palette.dcm")),
+        "rgb": with_new_uids(bundled_bytes("examples_rgb_color.dcm")),
+        "ybr_jpeg": with_new_uids(bundled_bytes("SC_rgb_jpeg_dcmtk.dcm")),
+        "palette": with_new_uids(bundled_bytes("examples_palette.dcm")),
         "multiframe": make_ct(
             rows=32, columns=48, frames=3, pixel_data=frames_stack(3, 32, 48).tobytes()
         ),
-        "tall": with_uids(bundled_bytes("JPEG2000.dcm")),
+        "tall": with_new_uids(bundled_bytes("JPEG2000.dcm")),
         # A study of two series: two CT images, then one more image and a report.
         "a1": make_ct(study_uid=study, series_uid=series_a, instance_number=1),
         "a2": make_ct(study_uid=study, series_uid=series_a, instance_number=2),
-        "b1": with_uids(bundled_bytes("MR_small.dcm"), study, series_b),
+        "b1": with_new_uids(bundled_bytes("MR_small.dcm"), study, series_b),
         "report": buffer.getvalue(),
     }
     with httpx.Client(base_url=server.root, timeout=60) as http:
@@ -138,12 +125,14 @@ def test_default_rendering_is_jpeg_of_the_image_size(
 ) -> None:
     for name in ("ct", "wide", "rgb", "palette", "tall"):
         ds = dataset_from_bytes(images[name])
-        picture = image(http.get(path_of(images[name]) + "/rendered", headers={"Accept": "*/*"}))
+        picture = image(
+            http.get(instance_path(images[name]) + "/rendered", headers={"Accept": "*/*"})
+        )
         assert picture.size == (ds.Columns, ds.Rows), name
 
 
 def test_png_and_gif(http: httpx.Client, images: dict[str, bytes]) -> None:
-    url = path_of(images["ct"]) + "/rendered"
+    url = instance_path(images["ct"]) + "/rendered"
     assert png_array(http.get(url, headers={"Accept": "image/png"})).shape == (128, 128)
     assert image(http.get(url, headers={"Accept": "image/gif"}), "image/gif").size == (128, 128)
     # The accept query parameter picks the type too (PS3.18 8.3.3.1).
@@ -156,7 +145,7 @@ def test_png_and_gif(http: httpx.Client, images: dict[str, bytes]) -> None:
 def test_viewport_fits_and_keeps_aspect_ratio(http: httpx.Client, images: dict[str, bytes]) -> None:
     for name, expected in (("wide", (64, 32)), ("ct", (64, 64)), ("tall", (16, 64))):
         response = http.get(
-            path_of(images[name]) + "/rendered",
+            instance_path(images[name]) + "/rendered",
             params={"viewport": "64,64"},
             headers={"Accept": "image/png"},
         )
@@ -167,7 +156,7 @@ def test_window_matches_pydicom(http: httpx.Client, images: dict[str, bytes]) ->
     ds = dataset_from_bytes(images["ct"])
     for center, width in ((40, 400), (200, 1000), (-500, 1)):
         response = http.get(
-            path_of(images["ct"]) + "/rendered",
+            instance_path(images["ct"]) + "/rendered",
             params={"window": f"{center},{width},linear"},
             headers={"Accept": "image/png"},
         )
@@ -180,7 +169,7 @@ def test_monochrome1_is_inverted(http: httpx.Client, images: dict[str, bytes]) -
         mono1, mono2 = (
             png_array(
                 http.get(
-                    path_of(images[name]) + "/rendered",
+                    instance_path(images[name]) + "/rendered",
                     params=params,
                     headers={"Accept": "image/png"},
                 )
@@ -194,7 +183,7 @@ def test_monochrome1_is_inverted(http: httpx.Client, images: dict[str, bytes]) -
 def test_colour_images_render_in_colour(http: httpx.Client, images: dict[str, bytes]) -> None:
     for name in ("rgb", "ybr_jpeg", "palette"):
         rendered = png_array(
-            http.get(path_of(images[name]) + "/rendered", headers={"Accept": "image/png"})
+            http.get(instance_path(images[name]) + "/rendered", headers={"Accept": "image/png"})
         )
         ds = dataset_from_bytes(images[name])
         assert rendered.shape == (ds.Rows, ds.Columns, 3), name
@@ -210,7 +199,7 @@ def test_colour_images_render_in_colour(http: httpx.Client, images: dict[str, by
 def test_multi_frame_rendering(http: httpx.Client, images: dict[str, bytes]) -> None:
     data = images["multiframe"]
     ds = dataset_from_bytes(data)
-    base = path_of(data)
+    base = instance_path(data)
 
     def png(url: str, **params: str) -> np.ndarray:
         return png_array(http.get(url, params=params, headers={"Accept": "image/png"}))
@@ -244,7 +233,7 @@ def test_multi_frame_rendering(http: httpx.Client, images: dict[str, bytes]) -> 
 
 
 def test_quality_changes_jpeg_size(http: httpx.Client, images: dict[str, bytes]) -> None:
-    url = path_of(images["rgb"]) + "/rendered"
+    url = instance_path(images["rgb"]) + "/rendered"
     low = image(http.get(url, params={"quality": "10"}))
     high = image(http.get(url, params={"quality": "95"}))
     assert low.size == high.size
@@ -255,7 +244,7 @@ def test_quality_changes_jpeg_size(http: httpx.Client, images: dict[str, bytes])
 def test_annotation_is_answered_with_a_warning(
     http: httpx.Client, images: dict[str, bytes]
 ) -> None:
-    response = http.get(path_of(images["ct"]) + "/rendered", params={"annotation": "patient"})
+    response = http.get(instance_path(images["ct"]) + "/rendered", params={"annotation": "patient"})
     image(response)
     assert response.headers["warning"].startswith("299 ")
     assert "annotation" in response.headers["warning"]
@@ -280,7 +269,7 @@ def test_annotation_is_answered_with_a_warning(
 def test_bad_rendering_parameters_are_400(
     http: httpx.Client, images: dict[str, bytes], params: dict[str, str]
 ) -> None:
-    response = http.get(path_of(images["ct"]) + "/rendered", params=params)
+    response = http.get(instance_path(images["ct"]) + "/rendered", params=params)
     assert response.status_code == 400, (params, response.status_code)
     assert response.text.strip()
 
@@ -303,7 +292,7 @@ def test_study_and_series_rendered_are_one_image_per_image_instance(
         for headers, body in parts:
             assert headers["content-type"] == "image/png"
             Image.open(io.BytesIO(body)).load()
-    report = path_of(images["report"])
+    report = instance_path(images["report"])
     assert http.get(report + "/rendered").status_code == 404
     assert http.get(f"/studies/{generate_uid()}/rendered").status_code == 404
 
@@ -314,18 +303,20 @@ def test_thumbnails(http: httpx.Client, images: dict[str, bytes]) -> None:
     for url in (
         study + "/thumbnail",
         f"{study}/series/{a1.SeriesInstanceUID}/thumbnail",
-        path_of(images["a1"]) + "/thumbnail",
-        path_of(images["rgb"]) + "/thumbnail",
+        instance_path(images["a1"]) + "/thumbnail",
+        instance_path(images["rgb"]) + "/thumbnail",
     ):
         picture = image(http.get(url, headers={"Accept": "*/*"}))
         assert picture.width <= 256 and picture.height <= 256, url
     for name, expected in (("rgb", (256, 192)), ("tall", (64, 256)), ("ct", (128, 128))):
-        url = path_of(images[name]) + "/thumbnail"
+        url = instance_path(images[name]) + "/thumbnail"
         first = http.get(url, params={"viewport": "256,256"})
         assert image(first).size == expected, name
         again = http.get(url, params={"viewport": "256,256"})
         assert again.content == first.content, name  # served from the cache
-    small = image(http.get(path_of(images["rgb"]) + "/thumbnail", params={"viewport": "64,64"}))
+    small = image(
+        http.get(instance_path(images["rgb"]) + "/thumbnail", params={"viewport": "64,64"})
+    )
     assert small.size == (64, 48)
-    report = path_of(images["report"])
+    report = instance_path(images["report"])
     assert http.get(report + "/thumbnail").status_code == 404

@@ -13,7 +13,7 @@ import pytest
 from lxml import etree
 from pydicom.uid import generate_uid
 
-from tests.dicom_files import bundled_bytes, dataset_from_bytes
+from tests.dicom_files import bundled_bytes, dataset_from_bytes, instance_path, with_new_uids
 from tests.e2e.server import ServerProcess
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -21,24 +21,6 @@ WADL = "application/vnd.sun.wadl+xml"
 WADL_NS = {"w": "http://wadl.dev.java.net/2009/02"}
 ORIGIN = "http://viewer.example"
 FRAMES = "studies/{study}/series/{series}/instances/{instance}/frames/{frameList}"
-
-
-def with_uids(data: bytes, study: str, series: str) -> bytes:
-    ds = dataset_from_bytes(data)
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-    ds.SOPInstanceUID = generate_uid()
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    buffer = io.BytesIO()
-    ds.save_as(buffer)
-    return buffer.getvalue()
-
-
-def path_of(data: bytes) -> str:
-    ds = dataset_from_bytes(data)
-    return (
-        f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
-        f"/instances/{ds.SOPInstanceUID}"
-    )
 
 
 def store(root: str, parts: list[bytes]) -> None:
@@ -66,9 +48,9 @@ def study(server: ServerProcess) -> dict[str, object]:
     """Two series: a native CT and a JPEG-LS MR, then a big-endian MR."""
     study_uid, first, second = generate_uid(), generate_uid(), generate_uid()
     parts = [
-        with_uids(bundled_bytes("CT_small.dcm"), study_uid, first),
-        with_uids(bundled_bytes("MR_small_jpeg_ls_lossless.dcm"), study_uid, first),
-        with_uids(bundled_bytes("MR_small_bigendian.dcm"), study_uid, second),
+        with_new_uids(bundled_bytes("CT_small.dcm"), study_uid, first),
+        with_new_uids(bundled_bytes("MR_small_jpeg_ls_lossless.dcm"), study_uid, first),
+        with_new_uids(bundled_bytes("MR_small_bigendian.dcm"), study_uid, second),
     ]
     store(server.root, parts)
     return {"study": study_uid, "series": [first, second], "parts": parts}
@@ -106,7 +88,7 @@ def test_zip_of_study_and_series_as_stored(http: httpx.Client, study: dict[str, 
     assert files == by_uid(parts)  # byte-identical to what was stored
     files = entries(http.get(f"/studies/{study['study']}/series/{series[0]}", headers=accept))
     assert files == by_uid(parts[:2])
-    files = entries(http.get(path_of(parts[2]), headers=accept))
+    files = entries(http.get(instance_path(parts[2]), headers=accept))
     assert files == by_uid(parts[2:])
 
 
@@ -181,7 +163,7 @@ def test_options_on_the_service_root_is_wadl(server: ServerProcess) -> None:
 
 def test_options_on_one_resource(server: ServerProcess, study: dict[str, object]) -> None:
     parts: list[bytes] = study["parts"]  # type: ignore[assignment]
-    response = httpx.options(server.root + path_of(parts[0]) + "/frames/1")
+    response = httpx.options(server.root + instance_path(parts[0]) + "/frames/1")
     found = resources(wadl(response))
     assert list(found) == [FRAMES]
     allowed = [method.strip() for method in response.headers["allow"].split(",")]
@@ -220,9 +202,9 @@ def cors_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc
 
 @pytest.fixture(scope="module")
 def cors_instance(cors_server: ServerProcess) -> str:
-    data = with_uids(bundled_bytes("CT_small.dcm"), generate_uid(), generate_uid())
+    data = with_new_uids(bundled_bytes("CT_small.dcm"), generate_uid(), generate_uid())
     store(cors_server.root, [data])
-    return cors_server.root + path_of(data)
+    return cors_server.root + instance_path(data)
 
 
 def header_list(value: str) -> set[str]:
@@ -276,7 +258,7 @@ def test_no_cors_headers_without_the_setting(
     server: ServerProcess, study: dict[str, object]
 ) -> None:
     parts: list[bytes] = study["parts"]  # type: ignore[assignment]
-    url = server.root + path_of(parts[0])
+    url = server.root + instance_path(parts[0])
     response = httpx.get(
         url + "/metadata", headers={"Origin": ORIGIN, "Accept": "application/dicom+json"}
     )

@@ -14,6 +14,7 @@ from tests.conftest import POSTGRES_URL, _drop_postgres_schema, _postgres_schema
 from tests.dicom_files import (
     bundled_bytes,
     dataset_from_bytes,
+    instance_path,
     make_ct,
     multipart,
     split_multipart,
@@ -30,16 +31,8 @@ def store(http: httpx.Client, parts: list[bytes]) -> httpx.Response:
     )
 
 
-def path_of(data: bytes) -> str:
-    ds = dataset_from_bytes(data)
-    return (
-        f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
-        f"/instances/{ds.SOPInstanceUID}"
-    )
-
-
 def fetch(http: httpx.Client, data: bytes) -> bytes:
-    response = http.get(path_of(data), headers={"Accept": ANY})
+    response = http.get(instance_path(data), headers={"Accept": ANY})
     assert response.status_code == 200, response.text
     return next(iter(split_multipart(response.content, response.headers["content-type"])))[1]
 
@@ -69,7 +62,7 @@ def test_overwrite_when_allowed(tmp_path: Path) -> None:
                 if p.is_file() and ".staging" not in p.parts
             ]
             assert len(blobs) == 1, "the replaced blob must be removed"
-            metadata = http.get(path_of(second) + "/metadata").json()[0]
+            metadata = http.get(instance_path(second) + "/metadata").json()[0]
             assert metadata["00100010"]["Value"][0]["Alphabetic"] == "Corrected^Name"
             # A replacement filed under another series moves, and the emptied series goes.
             ds.SeriesInstanceUID = new_series = generate_uid()

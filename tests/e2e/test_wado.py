@@ -14,6 +14,7 @@ from pydicom.uid import generate_uid
 from tests.dicom_files import (
     bundled_bytes,
     dataset_from_bytes,
+    instance_path,
     make_ct,
     multipart,
     split_multipart,
@@ -38,14 +39,6 @@ def store(http: httpx.Client, parts: list[bytes]) -> None:
         "/studies", content=multipart(parts), headers={"Content-Type": stow_content_type()}
     )
     assert response.status_code in (200, 202), response.text
-
-
-def instance_path(data: bytes) -> str:
-    ds = dataset_from_bytes(data)
-    return (
-        f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
-        f"/instances/{ds.SOPInstanceUID}"
-    )
 
 
 @pytest.fixture(scope="module")

@@ -34,6 +34,8 @@ def image_sources(
     archive: Archive, study: str, series: str | None = None, instance: str | None = None
 ) -> list[FrameSource]:
     """The instances with Pixel Data a rendered resource covers; 404 when there are none."""
+    if instance is not None and series is not None:
+        return [pixels.find_frame_source(archive, study, series, instance)]
     sources = pixels.find_image_sources(archive, study, series, instance)
     if not sources:
         raise NotFound(f"{_describe(study, series, instance)} has no stored image to render")
