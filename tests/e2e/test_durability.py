@@ -30,9 +30,11 @@ def _blob_files(data_dir: Path) -> list[Path]:
     return [path for path in root.rglob("*") if path.is_file() and ".staging" not in path.parts]
 
 
-def _store_until_killed(server: ServerProcess, seconds: float) -> dict[str, bytes]:
-    """Six clients store 3-instance studies until the server is SIGKILLed after ``seconds``;
-    returns every instance whose acknowledgement reached its client."""
+def _store_until_killed(server: ServerProcess, acks: int, delay: float) -> dict[str, bytes]:
+    """Six clients store 3-instance studies until the server is SIGKILLed, ``delay`` seconds
+    after at least ``acks`` instances were acknowledged (counting acknowledgements rather than
+    seconds keeps the test meaningful on a loaded machine); returns every instance whose
+    acknowledgement reached its client."""
     acknowledged: dict[str, bytes] = {}
     lock = threading.Lock()
     stop = threading.Event()
@@ -63,7 +65,13 @@ def _store_until_killed(server: ServerProcess, seconds: float) -> dict[str, byte
     threads = [threading.Thread(target=client) for _ in range(6)]
     for thread in threads:
         thread.start()
-    time.sleep(seconds)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        with lock:
+            if len(acknowledged) >= acks:
+                break
+        time.sleep(0.02)
+    time.sleep(delay)
     server.kill()
     stop.set()
     for thread in threads:
@@ -104,9 +112,9 @@ def test_sigkill_during_concurrent_stow(tmp_path: Path) -> None:
     server = ServerProcess(tmp_path / "data")
     acknowledged: dict[str, bytes] = {}
     try:
-        for seconds in (1.1, 1.9, 2.7):
+        for acks, delay in ((9, 0.0), (12, 0.37), (15, 0.81)):
             server.start()  # start-up recovery runs here
-            acknowledged.update(_store_until_killed(server, seconds))
+            acknowledged.update(_store_until_killed(server, acks, delay))
             server.start()
             _check_intact(server, acknowledged)
             server.stop()
