@@ -82,7 +82,7 @@ class Server:
 
 def start_archive(workdir: Path, workers: int = 1) -> Server:
     port = free_port()
-    env = {**os.environ}
+    env = {**os.environ, "DICOMWEB_AUTH": "off"}
     process = subprocess.Popen(
         [
             sys.executable,

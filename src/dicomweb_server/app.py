@@ -6,12 +6,23 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from dicomweb_server import __version__
+from dicomweb_server.api import audit as audit_api
 from dicomweb_server.api import capabilities, delete, frames, health, qido, rendered, stow, wado
 from dicomweb_server.api.errors import install_error_handlers
+from dicomweb_server.api.limits import QueryStringLimitMiddleware
+from dicomweb_server.audit import (
+    AuditMiddleware,
+    AuditTrail,
+    record_auth_failure,
+    record_forbidden,
+)
+from dicomweb_server.auth.middleware import AuthenticationMiddleware
+from dicomweb_server.auth.permissions import authorize
+from dicomweb_server.auth.tokens import TokenValidator
 from dicomweb_server.services.archive import Archive
 from dicomweb_server.services.group_commit import GroupCommitter
 from dicomweb_server.settings import Settings
@@ -25,6 +36,7 @@ CORS_EXPOSED_HEADERS = [
     "ETag",
     "Location",
     "Warning",
+    "WWW-Authenticate",
 ]
 
 
@@ -34,6 +46,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # The audit trail comes first and goes last: nothing is served unaudited.
+        trail = AuditTrail(settings)
+        app.state.audit = trail
         archive = Archive.open(settings)
         committer = GroupCommitter(archive)
         app.state.archive = archive
@@ -42,19 +57,40 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # pixel work queues here instead of filling the thread pool that every other
         # request's file and index work runs in.
         app.state.imaging_limiter = anyio.CapacityLimiter(settings.imaging_workers)
+        await anyio.to_thread.run_sync(lambda: trail.application_activity(start=True))
         try:
             yield
         finally:
             await anyio.to_thread.run_sync(committer.close)
             archive.close()
+            if validator is not None:
+                validator.close()
+            try:
+                await anyio.to_thread.run_sync(lambda: trail.application_activity(start=False))
+            finally:
+                await anyio.to_thread.run_sync(trail.close)
 
+    # Fails here, not at the first request, when authentication is on but unconfigured.
+    validator = TokenValidator(settings) if settings.auth == "on" else None
     app = FastAPI(
         title="dicomweb-server",
         version=__version__,
         summary="DICOMweb origin server: STOW-RS, QIDO-RS and WADO-RS",
         lifespan=lifespan,
+        dependencies=[Depends(authorize)],
     )
+    app.state.settings = settings
+    app.state.on_forbidden = record_forbidden
     install_error_handlers(app)
+    app.add_middleware(QueryStringLimitMiddleware, max_bytes=settings.max_query_string_bytes)
+    # Auditing runs inside authentication (added before it, so wrapped by it): it sees the
+    # validated caller, and requests refused with 401 are recorded by the hook instead.
+    app.add_middleware(AuditMiddleware)
+    # Authentication runs before routing; CORS, added after it, wraps it, so preflights are
+    # answered and even a 401 carries the headers a browser needs to read it.
+    app.add_middleware(
+        AuthenticationMiddleware, validator=validator, on_failure=record_auth_failure
+    )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -73,6 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_age=3600,
         )
     app.include_router(health.router)
+    app.include_router(audit_api.router, tags=["Administration"])
     prefix = settings.url_prefix
     for module in (stow, qido, wado, frames, rendered, delete, capabilities):
         app.include_router(module.router, prefix=prefix, tags=["DICOMweb"])

@@ -27,13 +27,55 @@ def _upgrade(settings: Settings) -> None:
     upgrade_schema(settings.resolved_database_url)
 
 
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def auth_problem(settings: Settings, host: str) -> str | None:
+    """Why the server must not start with these settings on this address, if it must not.
+
+    Authentication is on by default; it may be off only where no other machine can connect.
+    """
+    if settings.auth == "off":
+        if not is_loopback(host):
+            return (
+                f"authentication cannot be off on {host}: it is allowed only on a loopback "
+                "address (127.0.0.1, ::1, localhost); configure DICOMWEB_OIDC_ISSUER instead"
+            )
+        return None
+    from dicomweb_server.auth.tokens import AuthConfigurationError, TokenValidator
+
+    try:
+        TokenValidator(settings).close()
+    except AuthConfigurationError as exc:
+        return str(exc)
+    return None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from dicomweb_server.services.archive import Archive
     from dicomweb_server.services.store import recover
 
+    if args.no_auth:
+        # Through the environment, so that worker processes see it too.
+        os.environ["DICOMWEB_AUTH"] = "off"
     settings = _settings(args.data_dir)
+    problem = auth_problem(settings, args.host)
+    if problem is not None:
+        print(f"dicomweb-server: {problem}", file=sys.stderr)
+        return 2
+    from dicomweb_server.tls_server import TLSConfigError, resolve_tls_files, serve_tls
+
+    try:
+        tls = resolve_tls_files(args.certfile, args.keyfile, args.ca_certs, settings)
+    except TLSConfigError as error:
+        print(f"dicomweb-server: {error}", file=sys.stderr)
+        return 2
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     _upgrade(settings)
     archive = Archive.open(settings)
@@ -48,17 +90,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
             staging,
             orphans,
         )
-    try:
-        loopback = ipaddress.ip_address(args.host).is_loopback
-    except ValueError:
-        loopback = args.host == "localhost"
-    if not loopback:
-        log.warning("listening on %s: put the archive behind TLS and authentication", args.host)
+    if settings.auth == "off":
+        log.warning("authentication is off: only this machine can reach %s", args.host)
+    if tls is None and not is_loopback(args.host):
+        log.warning("plain HTTP on %s: terminate TLS here (--certfile) or at a proxy", args.host)
     print(
-        f"dicomweb-server {__version__}: DICOMweb root http://{args.host}:{args.port}"
+        f"dicomweb-server {__version__}: DICOMweb root "
+        f"{'http' if tls is None else 'https'}://{args.host}:{args.port}"
         f"{settings.url_prefix} (data in {settings.data_dir.resolve()})",
         flush=True,
     )
+    if tls is not None:
+        # HTTPS: Hypercorn, for HTTP/2 (uvicorn has none). Plain HTTP stays on uvicorn,
+        # about 1.3x faster on HTTP/1.1 (docs/deployment-tls.md).
+        return serve_tls(
+            tls,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level=args.log_level,
+            access_log=args.access_log,
+        )
     uvicorn.run(
         "dicomweb_server.app:app_from_environment",
         factory=True,
@@ -108,6 +160,12 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 1 if summary.rejected else 0
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from dicomweb_server.audit.cli import list_records
+
+    return list_records(_settings(args.data_dir), args, sys.stdout)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dicomweb-server", description="DICOMweb origin server and archive."
@@ -122,6 +180,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=1)
     serve.add_argument("--log-level", default="info")
     serve.add_argument("--no-access-log", dest="access_log", action="store_false")
+    serve.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="serve without authentication (loopback addresses only; DICOMWEB_AUTH=off)",
+    )
+    serve.add_argument(
+        "--certfile", help="PEM certificate chain: serve HTTPS and HTTP/2 (DICOMWEB_TLS_CERTFILE)"
+    )
+    serve.add_argument("--keyfile", help="PEM private key of --certfile (DICOMWEB_TLS_KEYFILE)")
+    serve.add_argument(
+        "--ca-certs",
+        help="PEM CA certificates: require client certificates they issued (mutual TLS; "
+        "DICOMWEB_TLS_CA_CERTS)",
+    )
     serve.set_defaults(handler=cmd_serve)
 
     db = commands.add_parser("db", help="index database maintenance")
@@ -135,6 +207,14 @@ def build_parser() -> argparse.ArgumentParser:
     importer.add_argument("--data-dir")
     importer.add_argument("--quiet", action="store_true", help="no progress bar")
     importer.set_defaults(handler=cmd_import)
+
+    from dicomweb_server.audit.cli import add_arguments as add_audit_arguments
+
+    audit = commands.add_parser(
+        "audit", help="list audit records as JSON lines (the reading is itself audited)"
+    )
+    add_audit_arguments(audit)
+    audit.set_defaults(handler=cmd_audit)
     return parser
 
 

@@ -6,6 +6,8 @@ service knows about status codes::
     ArchiveError
     ├── BadRequest            malformed parameters, bodies, UIDs             -> 400
     │   └── UnsupportedQuery  a query key or value the server cannot honour  -> 400
+    ├── Unauthorized          no valid access token                          -> 401
+    ├── Forbidden             valid token without the permission             -> 403
     ├── NotFound              no such study, series, instance, frame, value  -> 404
     ├── NotAcceptable         no offered representation fits Accept          -> 406
     ├── UnsupportedMediaType  request body of a type the resource refuses    -> 415
@@ -21,9 +23,10 @@ class ArchiveError(Exception):
 
     status_code = 500
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.headers = headers or {}
 
 
 class BadRequest(ArchiveError):
@@ -34,6 +37,18 @@ class BadRequest(ArchiveError):
 
 class UnsupportedQuery(BadRequest):
     """A query key or value that the server does not support; never silently ignored."""
+
+
+class Unauthorized(ArchiveError):
+    """No valid access token (RFC 6750 3.1); carries its ``WWW-Authenticate`` header."""
+
+    status_code = 401
+
+
+class Forbidden(ArchiveError):
+    """A valid token without the permission the resource needs (RFC 6750 3.1)."""
+
+    status_code = 403
 
 
 class NotFound(ArchiveError):

@@ -7,9 +7,9 @@ receives its configuration explicitly instead of reading the environment itself.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -89,6 +89,173 @@ class Settings(BaseSettings):
     max_frames_per_request: int = Field(
         default=10_000, ge=1, description="Most frame numbers one frames request may list."
     )
+
+    # --- Authentication and authorization (docs/security.md) ---
+    auth: Literal["on", "off"] = Field(
+        default="on",
+        description="Require a valid OIDC bearer token on every request but /healthz and "
+        "/readyz. 'off' is accepted only when the server listens on a loopback address.",
+    )
+    oidc_issuer: str | None = Field(
+        default=None,
+        description="Issuer URL; its discovery document gives the JWKS, and tokens' 'iss' "
+        "must equal it.",
+    )
+    oidc_jwks_url: str | None = Field(
+        default=None, description="JWKS URL, instead of discovery from the issuer."
+    )
+    oidc_jwks_file: Path | None = Field(
+        default=None, description="A JWKS file, instead of fetching keys over HTTP."
+    )
+    oidc_audience: str | None = Field(
+        default=None, description="Required 'aud' value of access tokens (RFC 9068)."
+    )
+    oidc_algorithms: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: [
+            "RS256",
+            "RS384",
+            "RS512",
+            "PS256",
+            "PS384",
+            "PS512",
+            "ES256",
+            "ES384",
+            "ES512",
+            "EdDSA",
+        ],
+        description="Accepted signature algorithms, comma-separated; 'none' and HMAC "
+        "algorithms are never accepted.",
+    )
+    oidc_leeway_seconds: int = Field(
+        default=30, ge=0, le=60, description="Clock skew allowed on exp, nbf and iat."
+    )
+    oidc_introspection_url: str | None = Field(
+        default=None,
+        description="RFC 7662 introspection endpoint for opaque (non-JWT) access tokens.",
+    )
+    oidc_client_id: str | None = Field(
+        default=None, description="Client id the archive authenticates with at introspection."
+    )
+    oidc_client_secret: SecretStr | None = Field(
+        default=None, description="Client secret for introspection."
+    )
+    roles_claim: str = Field(
+        default="scope",
+        description="Claim the roles come from: 'scope' (space-separated dicomweb.read, "
+        "dicomweb.write, dicomweb.delete, dicomweb.admin) or a dotted path to a list, e.g. "
+        "realm_access.roles.",
+    )
+    role_names: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=lambda: {
+            "dicomweb.read": "reader",
+            "dicomweb.write": "writer",
+            "dicomweb.delete": "deleter",
+            "dicomweb.admin": "admin",
+        },
+        description="Claim values that grant each role, as value=role pairs, comma-separated.",
+    )
+    patient_claim: str | None = Field(
+        default=None,
+        description="Claim whose value restricts a token to one patient's studies (Patient "
+        "ID); tokens without it see all patients.",
+    )
+
+    # --- TLS served by the archive itself (docs/deployment-tls.md); serve's options win ---
+    tls_certfile: Path | None = Field(
+        default=None,
+        description="PEM certificate chain (server certificate first): serve HTTPS, with "
+        "HTTP/2 and HTTP/1.1, instead of plain HTTP. Needs tls_keyfile.",
+    )
+    tls_keyfile: Path | None = Field(
+        default=None, description="PEM private key of the certificate in tls_certfile."
+    )
+    tls_ca_certs: Path | None = Field(
+        default=None,
+        description="PEM CA certificates: with TLS on, clients must present a certificate "
+        "issued by one of them (mutual TLS).",
+    )
+
+    # --- Audit trail (docs/audit.md) ---
+    audit_dir: Path | None = Field(
+        default=None,
+        description="Folder of the append-only audit trail; defaults to <data_dir>/audit.",
+    )
+    audit_source_id: str | None = Field(
+        default=None,
+        description="AuditSourceID of every audit message; defaults to the host name.",
+    )
+    audit_syslog_url: str | None = Field(
+        default=None,
+        description="Forward audit messages to this syslog collector, tls://host:port "
+        "(RFC 5424 messages over TLS, RFC 5425). Unset: audit records stay local.",
+    )
+    audit_syslog_ca_file: Path | None = Field(
+        default=None,
+        description="PEM CA certificates the collector's certificate is verified against; "
+        "defaults to the system's trusted CAs.",
+    )
+    audit_syslog_cert_file: Path | None = Field(
+        default=None,
+        description="PEM client certificate (chain) presented to the collector (ATNA node "
+        "authentication); may also hold the key.",
+    )
+    audit_syslog_key_file: Path | None = Field(
+        default=None, description="PEM private key of audit_syslog_cert_file."
+    )
+
+    # --- Hostile-input limits (docs/conformance.md section 8) ---
+    max_parts_per_request: int = Field(
+        default=10_000,
+        ge=1,
+        description="Most parts one STOW request may have; the request is answered 413 "
+        "beyond (parts before the limit may already be stored).",
+    )
+    max_query_string_bytes: int = Field(
+        default=8192,
+        ge=256,
+        description="Longest accepted query string (after '?') of any request; 414 beyond.",
+    )
+    max_sequence_depth: int = Field(
+        default=32,
+        ge=1,
+        le=128,
+        description="Deepest sequence nesting a stored instance may have; deeper instances "
+        "are refused (failure 0xC000) before they are parsed.",
+    )
+    max_inflated_bytes: int = Field(
+        default=256 * 1024**2,
+        ge=1,
+        description="Largest size a Deflated Explicit VR Little Endian data set may inflate "
+        "to; beyond it the instance is refused (failure 0xC000) without inflating further.",
+    )
+
+    @field_validator("oidc_algorithms", mode="before")
+    @classmethod
+    def _split_algorithms(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
+
+    @field_validator("oidc_algorithms")
+    @classmethod
+    def _no_weak_algorithms(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if name.lower() == "none" or name.upper().startswith("HS"):
+                raise ValueError(
+                    f"algorithm {name!r} is not allowed: 'none' is unsigned and HMAC keys "
+                    "are shared secrets, which an OIDC issuer does not sign access tokens with"
+                )
+        return value
+
+    @field_validator("role_names", mode="before")
+    @classmethod
+    def _parse_role_names(cls, value: object) -> object:
+        if isinstance(value, str):
+            pairs = [item.split("=", 1) for item in value.split(",") if item.strip()]
+            if any(len(pair) != 2 for pair in pairs):
+                raise ValueError("role names must be value=role pairs, comma-separated")
+            return {name.strip(): role.strip() for name, role in pairs}
+        return value
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -23,22 +24,33 @@ class ServerProcess:
     """``dicomweb-server serve`` in a subprocess, on a free loopback port."""
 
     def __init__(
-        self, data_dir: Path, env: dict[str, str] | None = None, args: list[str] | None = None
+        self,
+        data_dir: Path,
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+        *,
+        scheme: str = "http",
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
+        """``scheme="https"`` and a ``verify`` context that trusts the server's CA poll an
+        HTTPS server (one given ``--certfile``/``--keyfile``) for readiness."""
         self.data_dir = data_dir
         self.args = args or []
+        self.scheme = scheme
+        self.verify = verify
         self.port = free_port()
-        self.env = {**os.environ, **(env or {})}
+        # Authentication off unless a test configures it (the loopback-only embedded mode).
+        self.env = {**os.environ, "DICOMWEB_AUTH": "off", **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir.parent / f"server-{self.port}.log"
 
     @property
     def root(self) -> str:
-        return f"http://127.0.0.1:{self.port}/dicom-web"
+        return f"{self.scheme}://127.0.0.1:{self.port}/dicom-web"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30.0) -> None:
         log = self.log_path.open("ab")
@@ -66,7 +78,8 @@ class ServerProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited early:\n{self.log()}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                ready = httpx.get(f"{self.url}/readyz", timeout=1, verify=self.verify)
+                if ready.status_code == 200:
                     return
             except httpx.HTTPError:
                 pass

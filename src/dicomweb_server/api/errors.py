@@ -16,18 +16,29 @@ from dicomweb_server.errors import ArchiveError
 log = logging.getLogger(__name__)
 
 
+#: Control characters become spaces: a header value may not hold them (RFC 9110 5.5).
+_CONTROLS = {code: " " for code in (*range(0x20), 0x7F)}
+
+
 def warning_value(request: Request, text: str) -> str:
-    """An RFC 7234 ``Warning: 299`` value, the form PS3.18 8.3.5 uses for explanations."""
+    """An RFC 7234 ``Warning: 299`` value, the form PS3.18 8.3.5 uses for explanations.
+
+    The text may quote request data: non-ASCII characters are written as Python escapes,
+    since a header value is bytes (ASCII in practice) and cannot carry them.
+    """
     host = request.headers.get("host", "dicomweb-server")
-    clean = text.replace("\\", "\\\\").replace('"', '\\"').replace("\r", " ").replace("\n", " ")
+    ascii_text = text.translate(_CONTROLS).encode("ascii", "backslashreplace").decode("ascii")
+    clean = ascii_text.replace("\\", "\\\\").replace('"', '\\"')
     return f'299 {host}: "{clean}"'
 
 
-def error_response(request: Request, status_code: int, message: str) -> Response:
+def error_response(
+    request: Request, status_code: int, message: str, headers: dict[str, str] | None = None
+) -> Response:
     return PlainTextResponse(
         message + "\n",
         status_code=status_code,
-        headers={"Warning": warning_value(request, message)},
+        headers={**(headers or {}), "Warning": warning_value(request, message)},
     )
 
 
@@ -36,7 +47,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _archive_error(request: Request, exc: ArchiveError) -> Response:
         if exc.status_code >= 500:
             log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
-        return error_response(request, exc.status_code, exc.message)
+        return error_response(request, exc.status_code, exc.message, exc.headers)
 
     @app.exception_handler(DBAPIError)
     async def _index_error(request: Request, exc: DBAPIError) -> Response:

@@ -16,6 +16,7 @@ from dicomweb_server.api.encoding import multipart_related_type, new_boundary
 from dicomweb_server.api.frame_media import FrameChoice, choose_frame_representation
 from dicomweb_server.api.negotiation import accept_ranges
 from dicomweb_server.api.urls import base_url
+from dicomweb_server.audit.middleware import report_refs
 from dicomweb_server.errors import NotAcceptable
 from dicomweb_server.imaging.codecs import FrameCodecError, can_transcode_frame, transcode_frame
 from dicomweb_server.services import pixels
@@ -99,6 +100,7 @@ async def frames_response(
 ) -> Response:
     """The frames response for a frame list (text from the path, or numbers)."""
     plan = await anyio.to_thread.run_sync(_plan, archive, request, study, series, instance, frames)
+    report_refs(request, [plan.source.instance])
     choice = plan.choice
     limiter = request.app.state.imaging_limiter
     first = plan.first

@@ -132,7 +132,11 @@ async def read_multipart(
                 raise BadRequest("the body ends inside a part's headers")
         parts += 1
         if max_parts is not None and parts > max_parts:
-            raise PayloadTooLarge(f"the request has more than {max_parts} parts")
+            raise PayloadTooLarge(
+                f"the request has more than {max_parts} parts (DICOMWEB_MAX_PARTS_PER_REQUEST); "
+                "instances of the parts before may already be stored: send the rest in "
+                "another request"
+            )
         yield PartStart(headers)
 
         # Content runs until CRLF + delimiter; keep a tail that could hold a split delimiter.

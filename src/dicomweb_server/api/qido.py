@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import anyio
 from fastapi import APIRouter
 from starlette.requests import Request
@@ -19,6 +21,7 @@ from dicomweb_server.api.encoding import (
 from dicomweb_server.api.errors import warning_value
 from dicomweb_server.api.negotiation import Offer, accept_ranges, negotiate
 from dicomweb_server.api.urls import base_url
+from dicomweb_server.auth.permissions import principal_of
 from dicomweb_server.index.qido import QueryLevel, SearchResult, parse_query, search
 from dicomweb_server.services.archive import Archive
 
@@ -53,6 +56,10 @@ async def _search(
         default_limit=settings.qido_default_limit,
         max_limit=settings.qido_max_limit,
     )
+    patient = principal_of(request).patient
+    if patient is not None:
+        # A patient-scoped token searches that patient's studies only, whatever it asks.
+        query = dataclasses.replace(query, patient_id=patient)
     root = base_url(request, settings)
 
     def run() -> SearchResult:

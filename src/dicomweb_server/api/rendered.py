@@ -13,6 +13,7 @@ from dicomweb_server.api.deps import ArchiveDep, check_path
 from dicomweb_server.api.encoding import multipart_related_type, new_boundary
 from dicomweb_server.api.errors import warning_value
 from dicomweb_server.api.negotiation import Offer, accept_ranges, negotiate
+from dicomweb_server.audit.middleware import report_refs
 from dicomweb_server.errors import BadRequest
 from dicomweb_server.imaging.render import RenderError, RenderParams, parse_render_params
 from dicomweb_server.services import pixels, rendering
@@ -97,6 +98,7 @@ async def _rendered(
     sources = await anyio.to_thread.run_sync(
         rendering.image_sources, archive, study, series, instance
     )
+    report_refs(request, [source.instance for source in sources])
     if instance is not None:
         pixels.check_frames(sources[0], numbers)
     headers = _headers(request, warnings)
@@ -141,6 +143,7 @@ async def _thumbnail(
         rendering.image_sources, archive, study, series, instance
     )
     source = rendering.representative(sources, series)
+    report_refs(request, [source.instance])
     viewport = params.viewport[:2] if params.viewport else None
     image = rendering.cached_thumbnail(source, viewport, media_type)
     if image is None:

@@ -16,6 +16,7 @@ from dicomweb_server.api.media import parse_media_type
 from dicomweb_server.api.multipart import PartData, PartEnd, PartStart, read_multipart
 from dicomweb_server.api.negotiation import Offer, accept_ranges, negotiate
 from dicomweb_server.api.urls import base_url
+from dicomweb_server.audit.middleware import patient_of, report_store
 from dicomweb_server.dicom import status
 from dicomweb_server.dicom.xml_model import dataset_to_xml
 from dicomweb_server.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
@@ -79,6 +80,8 @@ class _Ingest:
         self.batch: list[store.PreparedPart] = []
         self.outcomes: list[store.StoreOutcome] = []
         self.received = 0
+        # Patient of each parsed part, by id(outcome): the audit trail names patients.
+        self.patients: dict[int, tuple[str | None, str | None]] = {}
 
     async def start(self, headers: dict[str, str]) -> None:
         part_type = headers.get("content-type")
@@ -133,6 +136,7 @@ class _Ingest:
         prepared = await anyio.to_thread.run_sync(finish, limiter=_ingest_limiter())
         self.outcomes.append(prepared.outcome)
         if prepared.parsed is not None:
+            self.patients[id(prepared.outcome)] = patient_of(prepared.parsed.metadata)
             self.batch.append(prepared)
         if len(self.batch) >= BATCH_PARTS:
             await self.flush()
@@ -187,7 +191,10 @@ async def _store(request: Request, archive: Archive, study_uid: str | None) -> R
     truncated: str | None = None
     try:
         async for event in read_multipart(
-            request.stream(), boundary, max_header_bytes=archive.settings.max_part_header_bytes
+            request.stream(),
+            boundary,
+            max_header_bytes=archive.settings.max_part_header_bytes,
+            max_parts=archive.settings.max_parts_per_request,
         ):
             if isinstance(event, PartData):
                 await ingest.data(event.data)
@@ -207,6 +214,7 @@ async def _store(request: Request, archive: Archive, study_uid: str | None) -> R
         truncated = exc.message
     except BaseException:
         ingest.abort()
+        report_store(request, ingest.outcomes, ingest.patients)
         raise
 
     outcomes = ingest.outcomes
@@ -214,6 +222,7 @@ async def _store(request: Request, archive: Archive, study_uid: str | None) -> R
         # Parts before the damage were stored (or failed) on their own merits; the damaged
         # part is reported as a failure rather than discarding the whole request.
         outcomes = [*outcomes, store.failed(status.CANNOT_UNDERSTAND, truncated)]
+    report_store(request, outcomes, ingest.patients)
     if not outcomes:
         raise BadRequest("the multipart body contains no parts")
     root = base_url(request, archive.settings)

@@ -24,6 +24,7 @@ from dicomweb_server.api.encoding import (
 from dicomweb_server.api.media import MediaRange
 from dicomweb_server.api.negotiation import Offer, _admits, accept_ranges, negotiate
 from dicomweb_server.api.urls import base_url
+from dicomweb_server.audit.middleware import report_refs
 from dicomweb_server.errors import BadRequest, NotAcceptable
 from dicomweb_server.imaging.transcode import TranscodeError
 from dicomweb_server.index.lookup import InstanceRef
@@ -82,19 +83,8 @@ async def _retrieve(
         offers.append(SINGLE_DICOM_OFFER)
     offer, _ = negotiate(ranges, offers)
     refs = await anyio.to_thread.run_sync(retrieve.find_instances, archive, study, series, instance)
+    report_refs(request, refs)
     target = retrieve.choose_transfer_syntax(_requested_syntaxes(ranges, offer), refs)
-    if offer is ZIP_OFFER:
-        name = (instance or series or study) + ".zip"
-        return StreamingResponse(
-            iterate_in_threadpool(retrieve.zip_chunks(archive, refs, target)),
-            media_type="application/zip",
-            headers={"Vary": "Accept", "Content-Disposition": f'attachment; filename="{name}"'},
-        )
-    root = base_url(request, archive.settings)
-    # One stored instance is sent with a boundary derived from its hash, so the whole
-    # representation is stable and its ETag a true strong validator.
-    boundary = f"dicomweb-{refs[0].sha256[:32]}" if instance is not None else new_boundary()
-    parts: list[tuple[bytes, Callable[[], Iterator[bytes]]]] = []
     ready: bytes | None = None
     if len(refs) == 1 and retrieve.delivered_syntax(refs[0], target) != refs[0].transfer_syntax_uid:
         # One instance to re-encode: do it before answering, so a failure is a clean 406
@@ -110,6 +100,18 @@ async def _retrieve(
                 f"{exc}; ask with transfer-syntax=* for the stored syntax "
                 f"{refs[0].transfer_syntax_uid}"
             ) from exc
+    if offer is ZIP_OFFER:
+        name = (instance or series or study) + ".zip"
+        return StreamingResponse(
+            iterate_in_threadpool(retrieve.zip_chunks(archive, refs, target, ready)),
+            media_type="application/zip",
+            headers={"Vary": "Accept", "Content-Disposition": f'attachment; filename="{name}"'},
+        )
+    root = base_url(request, archive.settings)
+    # One stored instance is sent with a boundary derived from its hash, so the whole
+    # representation is stable and its ETag a true strong validator.
+    boundary = f"dicomweb-{refs[0].sha256[:32]}" if instance is not None else new_boundary()
+    parts: list[tuple[bytes, Callable[[], Iterator[bytes]]]] = []
     if offer is SINGLE_DICOM_OFFER:
         return _single_instance(request, archive, refs[0], target, ready)
     for ref in refs:
@@ -251,6 +253,7 @@ async def retrieve_bulk_data(
     bulk = await anyio.to_thread.run_sync(
         retrieve.bulk_data, archive, study, series, instance, "/".join(steps)
     )
+    report_refs(request, [bulk.instance])
     # Only what the value really is can be offered: compressed pixel data comes in its
     # compressed media type (frame by frame), everything else as octet-stream.
     offered = bulk.parts[0].media_type

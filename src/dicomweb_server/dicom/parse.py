@@ -11,7 +11,9 @@ Section 10.5.3, PS3.4 Annex B.2.3):
 
 * 0xC000 "Cannot understand": not a PS3.10 file, pydicom cannot parse it, it is truncated,
   the Transfer Syntax UID is missing or malformed, or the Pixel Data encoding contradicts
-  the transfer syntax or its encapsulated item structure is broken.
+  the transfer syntax or its encapsulated item structure is broken; also hostile structure
+  refused before pydicom reads it (`guards`): sequences nested deeper than a limit, a
+  deflated data set that inflates beyond a cap.
 * 0xA900 "Data Set does not match SOP Class": an identifying UID is missing or malformed,
   or the Pixel Data contradicts its describing
   attributes (shorter than Rows x Columns x Samples x Bits x Frames, frames that cannot be
@@ -25,15 +27,26 @@ from __future__ import annotations
 
 import os
 import struct
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import pydicom
+import pydicom.filereader
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileDataset
 from pydicom.uid import UID
 
+from .guards import (
+    DEFAULT_MAX_INFLATED_BYTES,
+    DEFAULT_MAX_SEQUENCE_DEPTH,
+    FileMeta,
+    StructureError,
+    check_nesting,
+    inflate,
+    read_file_meta,
+)
 from .json_model import BulkValue, dataset_to_json
 from .pixel_layout import (
     PIXEL_DATA_TAGS,
@@ -59,9 +72,11 @@ CANNOT_UNDERSTAND = 0xC000
 DATA_SET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 
 DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
+IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
+EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2"
 # PS3.5 Annex A.1-A.3 (and the deflated A.5): Pixel Data is never encapsulated in these.
 _NATIVE_TRANSFER_SYNTAXES = frozenset(
-    {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
+    {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"}
 )
 
 # Values up to this size are read during the parse; bigger ones are skipped (deferred) and
@@ -70,6 +85,8 @@ _NATIVE_TRANSFER_SYNTAXES = frozenset(
 _DEFER_SIZE = 64 * 1024
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 _PREAMBLE_AND_PREFIX = 132
+# A deflated data set inflates in memory up to this size, in an anonymous file beyond.
+_INFLATE_IN_MEMORY = 8 * 1024**2
 
 _IDENTIFYING_UIDS = (
     (0x00080016, "SOP Class UID (0008,0016)"),
@@ -139,6 +156,8 @@ def parse_instance(
     *,
     bulk_data_threshold: int,
     bulk_uri: Callable[[str, str, str, str], str],
+    max_sequence_depth: int = DEFAULT_MAX_SEQUENCE_DEPTH,
+    max_inflated_bytes: int = DEFAULT_MAX_INFLATED_BYTES,
 ) -> ParsedInstance:
     """Validate and describe one stored PS3.10 file.
 
@@ -152,6 +171,14 @@ def parse_instance(
     bulk_uri : callable
         ``bulk_uri(study_uid, series_uid, sop_instance_uid, element_path)`` returns the
         BulkDataURI string to store for one element.
+    max_sequence_depth : int
+        Most sequences an element may be nested in; deeper files are refused (0xC000)
+        before pydicom, which parses sequences recursively, reads them.
+    max_inflated_bytes : int
+        Largest inflated size of a Deflated Explicit VR Little Endian data set; beyond it
+        the file is refused (0xC000). The stream is measured in bounded chunks first, then
+        inflated into memory (small data sets) or an anonymous temporary file next to `path`
+        (unlinked from the start, so nothing is left behind whatever happens).
 
     Returns
     -------
@@ -172,10 +199,42 @@ def parse_instance(
                 CANNOT_UNDERSTAND,
                 "not a DICOM PS3.10 file: no 128-byte preamble followed by 'DICM'",
             )
+        size = os.fstat(fp.fileno()).st_size
+        meta = _file_meta(fp)
+        if meta.transfer_syntax_uid == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
+            # Spooled: a small data set is inflated in memory, a big one in an anonymous file.
+            with tempfile.SpooledTemporaryFile(
+                max_size=_INFLATE_IN_MEMORY, dir=os.path.dirname(filename) or None
+            ) as spool:
+                inflated = cast(BinaryIO, spool)
+                ds, end, size = _read_deflated(
+                    fp, filename, head, meta, inflated, max_sequence_depth, max_inflated_bytes
+                )
+                # Deferred values are read from the inflated copy: describe it while open.
+                return _checked_describe(filename, ds, end, size, bulk_data_threshold, bulk_uri)
+        _guard(
+            check_nesting,
+            fp,
+            meta.dataset_offset,
+            size,
+            implicit=meta.transfer_syntax_uid == IMPLICIT_VR_LITTLE_ENDIAN,
+            little=meta.transfer_syntax_uid != EXPLICIT_VR_BIG_ENDIAN,
+            max_depth=max_sequence_depth,
+        )
         fp.seek(0)
         ds = _read(fp, _DEFER_SIZE)
-        end, size = fp.tell(), os.fstat(fp.fileno()).st_size
+        end = fp.tell()
+    return _checked_describe(filename, ds, end, size, bulk_data_threshold, bulk_uri)
 
+
+def _checked_describe(
+    filename: str,
+    ds: FileDataset,
+    end: int,
+    size: int,
+    bulk_data_threshold: int,
+    bulk_uri: Callable[[str, str, str, str], str],
+) -> ParsedInstance:
     try:
         return _describe(filename, ds, end, size, bulk_data_threshold, bulk_uri)
     except InvalidInstance:
@@ -184,6 +243,88 @@ def parse_instance(
         raise InvalidInstance(
             CANNOT_UNDERSTAND, f"cannot decode the dataset: {_brief(exc)}"
         ) from exc
+
+
+def _guard(check: Callable[..., object], *args: Any, **kwargs: Any) -> None:
+    """Run a structural check of `guards`, its refusal becoming a 0xC000 failure."""
+    try:
+        check(*args, **kwargs)
+    except StructureError as exc:
+        raise InvalidInstance(CANNOT_UNDERSTAND, exc.reason) from exc
+
+
+def _file_meta(fp: BinaryIO) -> FileMeta:
+    """Group 0002 checked without recursion, and a usable Transfer Syntax UID in it."""
+    try:
+        meta = read_file_meta(fp)
+    except StructureError as exc:
+        raise InvalidInstance(CANNOT_UNDERSTAND, exc.reason) from exc
+    uid = meta.transfer_syntax_uid
+    if uid is None:
+        raise InvalidInstance(
+            CANNOT_UNDERSTAND,
+            "not a DICOM PS3.10 file: File Meta Information lacks Transfer Syntax UID (0002,0010)",
+        )
+    if not is_valid_uid(uid):
+        raise InvalidInstance(CANNOT_UNDERSTAND, f"invalid Transfer Syntax UID {uid[:80]!r}")
+    return meta
+
+
+def _read_deflated(
+    fp: BinaryIO,
+    filename: str,
+    head: bytes,
+    meta: FileMeta,
+    inflated: BinaryIO,
+    max_sequence_depth: int,
+    max_inflated_bytes: int,
+) -> tuple[FileDataset, int, int]:
+    """Inflate the data set with a size cap, check it, then read it as pydicom would.
+
+    pydicom's ``dcmread`` inflates the whole data set in one ``zlib.decompress`` call (a
+    decompression bomb), so the inflated data set is read here with pydicom's
+    ``read_dataset``, as ``dcmread`` reads it after inflating.
+    """
+    fp.seek(meta.dataset_offset)
+    if fp.read(2) == b"\x00\x00":
+        # dcmread would read these bytes as a Command Set (group 0000) before inflating.
+        raise InvalidInstance(
+            CANNOT_UNDERSTAND, "the deflated data set does not start with a deflate stream"
+        )
+    # Measured first: a bomb is refused before a byte of it is written.
+    fp.seek(meta.dataset_offset)
+    _guarded_inflate(fp, None, max_inflated_bytes)
+    fp.seek(meta.dataset_offset)
+    size = _guarded_inflate(fp, inflated, max_inflated_bytes)
+    _guard(
+        check_nesting,
+        inflated,
+        0,
+        size,
+        implicit=False,
+        little=True,
+        max_depth=max_sequence_depth,
+        command_set=False,
+    )
+    inflated.seek(0)
+    try:
+        file_meta = pydicom.filereader.read_file_meta_info(filename)
+        dataset = pydicom.filereader.read_dataset(
+            inflated, is_implicit_VR=False, is_little_endian=True, defer_size=_DEFER_SIZE
+        )
+    except Exception as exc:  # as in _read
+        raise InvalidInstance(CANNOT_UNDERSTAND, f"cannot parse DICOM data: {_brief(exc)}") from exc
+    end = inflated.tell()
+    ds = FileDataset(inflated, dataset, head[:128], file_meta, False, True)
+    ds.set_original_encoding(False, True, dataset._character_set)
+    return ds, end, size
+
+
+def _guarded_inflate(fp: BinaryIO, inflated: BinaryIO | None, max_inflated_bytes: int) -> int:
+    try:
+        return inflate(fp, inflated, max_inflated_bytes)
+    except StructureError as exc:
+        raise InvalidInstance(CANNOT_UNDERSTAND, exc.reason) from exc
 
 
 def _describe(
@@ -196,8 +337,8 @@ def _describe(
 ) -> ParsedInstance:
     transfer_syntax_uid = _transfer_syntax(ds)
     deflated = transfer_syntax_uid == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
-    if not deflated:
-        _check_complete(ds, end, size)
+    # For a deflated data set, `end` and `size` are those of its inflated copy.
+    _check_complete(ds, end, size)
     sop_class, sop_instance, study, series = (
         _uid(ds, tag, name) for tag, name in _IDENTIFYING_UIDS
     )
@@ -212,7 +353,11 @@ def _describe(
         bulk_uri=lambda element: bulk_uri(study, series, sop_instance, element),
         bulk_sink=None if deflated else bulk.append,
     )
-    pixel = None if deflated else _pixel_layout(filename, ds, metadata, transfer_syntax_uid)
+    # A deflated data set's Pixel Data is checked against its attributes like any other, but
+    # its layout is not kept: offsets in the inflated copy mean nothing in the stored file.
+    pixel = _pixel_layout(filename, ds, metadata, transfer_syntax_uid)
+    if deflated:
+        pixel = None
     return ParsedInstance(
         sop_class_uid=sop_class,
         sop_instance_uid=sop_instance,

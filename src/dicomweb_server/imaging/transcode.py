@@ -36,6 +36,7 @@ from dicomweb_server.imaging.codecs import (
     native_frame,
     syntax_transcode_problem,
 )
+from dicomweb_server.imaging.render import decompression_pixel_count
 
 __all__ = ["TranscodeError", "can_transcode", "transcode"]
 
@@ -183,7 +184,7 @@ def _compress(dataset: Dataset, target: str) -> None:
         dataset.PlanarConfiguration = 0  # frames are encoded colour-by-pixel
 
 
-def transcode(path: Path | io.BytesIO, target: str) -> bytes:
+def transcode(path: Path | io.BytesIO, target: str, *, max_pixels: int | None = None) -> bytes:
     """Return the Part 10 bytes of the instance re-encoded in `target`.
 
     The Pixel Data is decompressed as pydicom's ``decompress()`` does (YCbCr from JPEG
@@ -199,6 +200,9 @@ def transcode(path: Path | io.BytesIO, target: str) -> bytes:
         The stored Part 10 file.
     target : str
         The transfer syntax UID to deliver.
+    max_pixels : int, optional
+        Decompression-bomb guard: refuse to decompress Pixel Data whose attributes claim
+        more samples (Rows x Columns x Samples per Pixel x Number of Frames) than this.
 
     Returns
     -------
@@ -232,6 +236,13 @@ def transcode(path: Path | io.BytesIO, target: str) -> bytes:
                 problem = syntax_transcode_problem(source, EXPLICIT_VR_LITTLE_ENDIAN)
                 if problem is not None:
                     raise TranscodeError(problem)
+                count = decompression_pixel_count(dataset)
+                if max_pixels is not None and count > max_pixels:
+                    raise TranscodeError(
+                        f"decoding the instance would produce {count} pixel samples, more "
+                        f"than this server decodes at once ({max_pixels}, "
+                        "DICOMWEB_MAX_RENDER_PIXELS)"
+                    )
                 dataset.decompress(generate_instance_uid=False)
             elif source == EXPLICIT_VR_BIG_ENDIAN:
                 _to_little_endian(dataset)

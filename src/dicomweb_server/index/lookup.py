@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
@@ -23,6 +24,9 @@ class InstanceRef:
     blob_key: str
     size: int
     sha256: str
+    #: The study's patient, as indexed (for the audit trail, which names patients).
+    patient_id: str | None = None
+    patient_name: str | None = None
 
 
 _REF_COLUMNS = (
@@ -35,6 +39,8 @@ _REF_COLUMNS = (
     Instance.blob_key,
     Instance.size,
     Instance.sha256,
+    Study.patient_id,
+    Study.patient_name,
 )
 
 
@@ -75,12 +81,18 @@ class BulkRef:
     deflated: bool
 
 
+def _bulk_ref(row: Any) -> BulkRef:
+    """A `BulkRef` from a row of the instance columns and the three bulk columns."""
+    count = len(_REF_COLUMNS)
+    return BulkRef(InstanceRef(*row[:count]), row[count], row[count + 1], bool(row[count + 2]))
+
+
 def find_bulk(session: Session, study: str, series: str, instance: str) -> BulkRef | None:
     columns = (*_REF_COLUMNS, Instance.bulk_json, Instance.pixel_layout_json, Instance.deflated)
     row = session.execute(_scoped(select(*columns), study, series, instance)).first()
     if row is None:
         return None
-    return BulkRef(InstanceRef(*row[:9]), row[9], row[10], bool(row[11]))
+    return _bulk_ref(row)
 
 
 def find_image_instances(
@@ -105,7 +117,4 @@ def find_image_instances(
         Instance.instance_number,
         Instance.pk,
     )
-    return [
-        BulkRef(InstanceRef(*row[:9]), row[9], row[10], bool(row[11]))
-        for row in session.execute(query).all()
-    ]
+    return [_bulk_ref(row) for row in session.execute(query).all()]

@@ -258,6 +258,9 @@ class ParsedQuery:
         Page size after clipping to the server maximum, and results skipped.
     warnings : tuple of str
         Warning texts already known from parsing (a clipped limit).
+    patient_id : str or None
+        Access restriction, not a query key: only studies whose Patient ID equals this value
+        exactly (no wildcards) can match; set for patient-scoped access tokens.
     """
 
     level: QueryLevel
@@ -271,3 +274,4 @@ class ParsedQuery:
     limit: int
     offset: int
     warnings: tuple[str, ...]
+    patient_id: str | None = None

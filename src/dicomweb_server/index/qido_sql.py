@@ -204,6 +204,8 @@ def where_clauses(query: ParsedQuery) -> list[ColumnElement[bool]]:
     one row and pagination counts entities, not join rows.
     """
     clauses: list[ColumnElement[bool]] = []
+    if query.patient_id is not None:
+        clauses.append(Study.patient_id == query.patient_id)
     if query.study_uid is not None:
         clauses.append(Study.study_instance_uid == query.study_uid)
     if query.series_uid is not None:

@@ -82,10 +82,12 @@ def instance_chunks(archive: Archive, ref: InstanceRef, target: str) -> Iterator
         )
         return
     path = archive.blobs.local_path(ref.blob_key)
+    budget = archive.settings.max_render_pixels
     if path is None:
-        yield transcode(io.BytesIO(archive.blobs.read_range(ref.blob_key, 0, ref.size)), target)
+        data = io.BytesIO(archive.blobs.read_range(ref.blob_key, 0, ref.size))
+        yield transcode(data, target, max_pixels=budget)
     else:
-        yield transcode(path, target)
+        yield transcode(path, target, max_pixels=budget)
 
 
 class _Collector(io.RawIOBase):
@@ -108,11 +110,14 @@ class _Collector(io.RawIOBase):
         return chunks
 
 
-def zip_chunks(archive: Archive, refs: Sequence[InstanceRef], target: str) -> Iterator[bytes]:
+def zip_chunks(
+    archive: Archive, refs: Sequence[InstanceRef], target: str, ready: bytes | None = None
+) -> Iterator[bytes]:
     """A zip of the instances' Part 10 files (PS3.18 8.7.3.1 application/zip), streamed.
 
     Entries are stored uncompressed: DICOM pixel data rarely deflates well and deflating
     would cost far more CPU than the bytes it saves. Paths are study/series/instance UIDs.
+    `ready` is the one instance of `refs`, already re-encoded.
     """
     sink = _Collector()
     with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as package:
@@ -124,7 +129,8 @@ def zip_chunks(archive: Archive, refs: Sequence[InstanceRef], target: str) -> It
             # can be many times their stored size.
             growth = 1 if target in (ANY_TRANSFER_SYNTAX, ref.transfer_syntax_uid) else 16
             with package.open(info, "w", force_zip64=ref.size * growth >= 2**31) as entry:
-                for chunk in instance_chunks(archive, ref, target):
+                chunks = [ready] if ready is not None else instance_chunks(archive, ref, target)
+                for chunk in chunks:
                     entry.write(chunk)
                     yield from sink.take()
             yield from sink.take()

@@ -84,6 +84,8 @@ def prepare(archive: Archive, staged: StagedBlob, expected_study: str | None) ->
             staged.path,
             bulk_data_threshold=archive.settings.bulk_data_threshold,
             bulk_uri=bulk_data_path,
+            max_sequence_depth=archive.settings.max_sequence_depth,
+            max_inflated_bytes=archive.settings.max_inflated_bytes,
         )
     except InvalidInstance as exc:
         staged.path.unlink(missing_ok=True)

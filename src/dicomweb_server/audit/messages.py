@@ -1,0 +1,583 @@
+"""DICOM audit messages (PS3.15 A.5): the XML of the DICOM Audit Message Schema.
+
+The model mirrors the schema (A.5.1) element for element; the builders below fill it in as
+the event-specific tables of A.5.3 require for the events this archive reports:
+
+=======================  ==========================================  ======================
+Event (EventID)          Reported for                                EventActionCode
+=======================  ==========================================  ======================
+110100 App. Activity     server start (110120) and stop (110121)     E
+110101 Audit Log Used    reading the audit trail (HTTP and CLI)      R
+110103 Instances Acc.    metadata, bulk data, frames, rendered,      R; D for series and
+                         thumbnails; DELETE of series / instances    instance DELETE
+110104 Instances Trans.  STOW-RS (receiver), WADO-RS retrieval       C / R (STOW), R
+110105 Study Deleted     DELETE of a study                           D
+110112 Query             QIDO-RS                                     E
+110113 Security Alert    403: a valid token without the permission   E (type 110132)
+110114 User Auth.        401: no valid access token                  E (type 110122)
+=======================  ==========================================  ======================
+
+Messages about instances name exactly one patient (A.5.3.6-8): a request that touched
+several patients' studies produces one message per patient.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from xml.etree.ElementTree import Element, SubElement, tostring
+
+#: SOP Instance UIDs are listed in a message when it names at most this many instances;
+#: beyond that only the count per SOP Class is given (the note to A.5.2 on message size).
+MAX_LISTED_INSTANCES = 1000
+
+_NOT_XML = re.compile("[^\u0009\u000a\u000d\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def xml_text(value: str) -> str:
+    """``value`` with every character XML 1.0 cannot hold replaced by U+FFFD."""
+    return _NOT_XML.sub("\ufffd", value)
+
+
+@dataclass(frozen=True, slots=True)
+class Code:
+    """A coded value (CodedValueType): code, coding scheme, meaning."""
+
+    code: str
+    system: str
+    meaning: str
+
+
+# --- Event IDs (CID 400), event types (CID 401, 403), roles (CID 402), ID types -------------
+APPLICATION_ACTIVITY = Code("110100", "DCM", "Application Activity")
+AUDIT_LOG_USED = Code("110101", "DCM", "Audit Log Used")
+INSTANCES_ACCESSED = Code("110103", "DCM", "DICOM Instances Accessed")
+INSTANCES_TRANSFERRED = Code("110104", "DCM", "DICOM Instances Transferred")
+STUDY_DELETED = Code("110105", "DCM", "DICOM Study Deleted")
+QUERY = Code("110112", "DCM", "Query")
+SECURITY_ALERT = Code("110113", "DCM", "Security Alert")
+USER_AUTHENTICATION = Code("110114", "DCM", "User Authentication")
+
+APPLICATION_START = Code("110120", "DCM", "Application Start")
+APPLICATION_STOP = Code("110121", "DCM", "Application Stop")
+LOGIN = Code("110122", "DCM", "Login")
+USE_OF_RESTRICTED_FUNCTION = Code("110132", "DCM", "Use of Restricted Function")
+
+ROLE_APPLICATION = Code("110150", "DCM", "Application")
+ROLE_APPLICATION_LAUNCHER = Code("110151", "DCM", "Application Launcher")
+ROLE_DESTINATION = Code("110152", "DCM", "Destination Role ID")
+ROLE_SOURCE = Code("110153", "DCM", "Source Role ID")
+
+ID_PATIENT_NUMBER = Code("2", "RFC-3881", "Patient Number")
+ID_URI = Code("12", "RFC-3881", "URI")
+ID_STUDY_INSTANCE_UID = Code("110180", "DCM", "Study Instance UID")
+
+EVENTS = {
+    code.code: code
+    for code in (
+        APPLICATION_ACTIVITY,
+        AUDIT_LOG_USED,
+        INSTANCES_ACCESSED,
+        INSTANCES_TRANSFERRED,
+        STUDY_DELETED,
+        QUERY,
+        SECURITY_ALERT,
+        USER_AUTHENTICATION,
+    )
+}
+
+# EventOutcomeIndicator (A.5.2)
+SUCCESS, MINOR_FAILURE, SERIOUS_FAILURE, MAJOR_FAILURE = 0, 4, 8, 12
+
+# ParticipantObjectTypeCode and ParticipantObjectTypeCodeRole (A.5.1.2.2)
+PERSON, SYSTEM_OBJECT = "1", "2"
+ROLE_PATIENT, ROLE_REPORT, ROLE_SECURITY_RESOURCE, ROLE_QUERY = "1", "3", "13", "24"
+
+#: Audit Source Type Code (A.5.1.2.1): "Application Server process tier in a multi-tier
+#: system" - the archive serves the DICOMweb API.
+SOURCE_TYPE_APPLICATION_SERVER = "4"
+
+
+def outcome_of_status(status: int) -> int:
+    """The EventOutcomeIndicator of an HTTP status: 4xx minor, 5xx serious failure."""
+    if status < 400:
+        return SUCCESS
+    return MINOR_FAILURE if status < 500 else SERIOUS_FAILURE
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveParticipant:
+    """A user, process or node taking part in the event (ActiveParticipant)."""
+
+    user_id: str
+    requestor: bool
+    alternative_user_id: str | None = None
+    user_name: str | None = None
+    roles: tuple[Code, ...] = ()
+    network_access_point: str | None = None
+
+    @property
+    def network_access_point_type(self) -> str | None:
+        """1 = machine name, 2 = IP address (A.5.1)."""
+        if self.network_access_point is None:
+            return None
+        try:
+            ipaddress.ip_address(self.network_access_point)
+        except ValueError:
+            return "1"
+        return "2"
+
+
+@dataclass(frozen=True, slots=True)
+class SopClass:
+    """SOP Class of a study object with how many of its instances were involved."""
+
+    uid: str
+    count: int
+    instances: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ParticipantObject:
+    """ParticipantObjectIdentification: a patient, study, query or resource."""
+
+    object_id: str
+    id_type: Code
+    type_code: str
+    role: str
+    name: str | None = None
+    query: bytes | None = None
+    details: tuple[tuple[str, bytes], ...] = ()
+    sop_classes: tuple[SopClass, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AuditMessage:
+    """One DICOM audit message; `to_xml` gives its schema-valid serialisation."""
+
+    event: Code
+    action: str | None
+    time: datetime
+    outcome: int
+    source_id: str
+    participants: tuple[ActiveParticipant, ...]
+    objects: tuple[ParticipantObject, ...] = ()
+    event_types: tuple[Code, ...] = ()
+    outcome_description: str | None = None
+    source_type: str = SOURCE_TYPE_APPLICATION_SERVER
+
+    def to_xml(self) -> str:
+        root = Element("AuditMessage")
+        event = SubElement(root, "EventIdentification")
+        if self.action is not None:
+            event.set("EventActionCode", self.action)
+        event.set("EventDateTime", self.time.isoformat())
+        event.set("EventOutcomeIndicator", str(self.outcome))
+        _code(event, "EventID", self.event)
+        for event_type in self.event_types:
+            _code(event, "EventTypeCode", event_type)
+        if self.outcome_description:
+            SubElement(event, "EventOutcomeDescription").text = xml_text(self.outcome_description)
+        for participant in self.participants:
+            _participant(root, participant)
+        source = SubElement(root, "AuditSourceIdentification")
+        source.set("AuditSourceID", xml_text(self.source_id))
+        SubElement(source, "AuditSourceTypeCode").set("csd-code", self.source_type)
+        for item in self.objects:
+            _object(root, item)
+        return tostring(root, encoding="unicode")
+
+
+def _code(parent: Element, tag: str, code: Code) -> None:
+    element = SubElement(parent, tag)
+    element.set("csd-code", code.code)
+    element.set("codeSystemName", code.system)
+    element.set("displayName", code.meaning)
+    element.set("originalText", code.meaning)
+
+
+def _participant(parent: Element, participant: ActiveParticipant) -> None:
+    element = SubElement(parent, "ActiveParticipant")
+    element.set("UserID", xml_text(participant.user_id))
+    if participant.alternative_user_id is not None:
+        element.set("AlternativeUserID", xml_text(participant.alternative_user_id))
+    if participant.user_name is not None:
+        element.set("UserName", xml_text(participant.user_name))
+    element.set("UserIsRequestor", "true" if participant.requestor else "false")
+    if participant.network_access_point is not None:
+        element.set("NetworkAccessPointID", xml_text(participant.network_access_point))
+        element.set("NetworkAccessPointTypeCode", participant.network_access_point_type or "1")
+    for role in participant.roles:
+        _code(element, "RoleIDCode", role)
+
+
+def _object(parent: Element, item: ParticipantObject) -> None:
+    element = SubElement(parent, "ParticipantObjectIdentification")
+    element.set("ParticipantObjectID", xml_text(item.object_id))
+    element.set("ParticipantObjectTypeCode", item.type_code)
+    element.set("ParticipantObjectTypeCodeRole", item.role)
+    _code(element, "ParticipantObjectIDTypeCode", item.id_type)
+    # The schema requires a name or a query in every participant object.
+    if item.query is not None:
+        SubElement(element, "ParticipantObjectQuery").text = base64.b64encode(item.query).decode()
+    else:
+        SubElement(element, "ParticipantObjectName").text = xml_text(item.name or "")
+    for kind, value in item.details:
+        detail = SubElement(element, "ParticipantObjectDetail")
+        detail.set("type", xml_text(kind))
+        detail.set("value", base64.b64encode(value).decode())
+    if item.sop_classes:
+        description = SubElement(element, "ParticipantObjectDescription")
+        for sop_class in item.sop_classes:
+            sop = SubElement(description, "SOPClass")
+            for uid in sop_class.instances:
+                SubElement(sop, "Instance").set("UID", xml_text(uid))
+            sop.set("UID", xml_text(sop_class.uid))
+            sop.set("NumberOfInstances", str(sop_class.count))
+
+
+# --- What requests touched -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Touched:
+    """One instance a request involved, with its patient as far as it is known."""
+
+    study: str
+    patient_id: str | None = None
+    patient_name: str | None = None
+    series: str | None = None
+    sop_class: str | None = None
+    sop_instance: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Patient:
+    patient_id: str
+    name: str
+
+
+@dataclass
+class PatientGroup:
+    """The studies (with their SOP Classes and instances) of one patient in one message."""
+
+    patient: Patient | None
+    studies: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+
+    @property
+    def instance_count(self) -> int:
+        return sum(len(uids) for classes in self.studies.values() for uids in classes.values())
+
+
+def group_by_patient(items: Iterable[Touched]) -> list[PatientGroup]:
+    """Touched instances grouped by patient, in first-seen order; unknown patient is None."""
+    groups: dict[Patient | None, PatientGroup] = {}
+    for item in items:
+        known = item.patient_id is not None or item.patient_name is not None
+        patient = Patient(item.patient_id or "", item.patient_name or "") if known else None
+        group = groups.setdefault(patient, PatientGroup(patient))
+        classes = group.studies.setdefault(item.study, {})
+        if item.sop_instance is not None or item.sop_class is not None:
+            uids = classes.setdefault(item.sop_class or "", [])
+            if item.sop_instance is not None and item.sop_instance not in uids:
+                uids.append(item.sop_instance)
+    return list(groups.values())
+
+
+def patient_object(patient: Patient) -> ParticipantObject:
+    """The patient (A.5.3.6-8): ID type (2, RFC-3881, "Patient Number"), the Patient ID."""
+    return ParticipantObject(
+        object_id=patient.patient_id,
+        id_type=ID_PATIENT_NUMBER,
+        type_code=PERSON,
+        role=ROLE_PATIENT,
+        name=patient.name,
+    )
+
+
+def study_objects(group: PatientGroup) -> list[ParticipantObject]:
+    """The studies of a group (110180 Study Instance UID) with SOP Class counts."""
+    listed = group.instance_count <= MAX_LISTED_INSTANCES
+    objects = []
+    for study, classes in group.studies.items():
+        sop_classes = tuple(
+            SopClass(uid, len(instances), tuple(instances) if listed else ())
+            for uid, instances in classes.items()
+            if uid
+        )
+        objects.append(
+            ParticipantObject(
+                object_id=study,
+                id_type=ID_STUDY_INSTANCE_UID,
+                type_code=SYSTEM_OBJECT,
+                role=ROLE_REPORT,
+                # The schema wants a name or a query; a study has no other name than its UID.
+                name=study,
+                sop_classes=sop_classes,
+            )
+        )
+    return objects
+
+
+def group_objects(group: PatientGroup) -> tuple[ParticipantObject, ...]:
+    objects = study_objects(group)
+    if group.patient is not None:
+        objects.append(patient_object(group.patient))
+    return tuple(objects)
+
+
+# --- Event builders (A.5.3) ------------------------------------------------------------------
+
+
+def application_activity(
+    *,
+    start: bool,
+    time: datetime,
+    source_id: str,
+    application: ActiveParticipant,
+    launcher: ActiveParticipant | None = None,
+    outcome: int = SUCCESS,
+) -> AuditMessage:
+    """A.5.3.1: the archive started or stopped; no participant objects."""
+    participants = [_with_roles(application, ROLE_APPLICATION)]
+    if launcher is not None:
+        participants.append(_with_roles(launcher, ROLE_APPLICATION_LAUNCHER))
+    return AuditMessage(
+        event=APPLICATION_ACTIVITY,
+        action="E",
+        time=time,
+        outcome=outcome,
+        source_id=source_id,
+        participants=tuple(participants),
+        event_types=(APPLICATION_START if start else APPLICATION_STOP,),
+    )
+
+
+def instances_transferred(
+    *,
+    action: str,
+    outcome: int,
+    time: datetime,
+    source_id: str,
+    sender: ActiveParticipant,
+    receiver: ActiveParticipant,
+    group: PatientGroup,
+    description: str | None = None,
+) -> AuditMessage:
+    """A.5.3.7: instances of one patient went from ``sender`` to ``receiver``.
+
+    ``action`` is C when the receiver did not hold them, R when it already did (or it is
+    the sender reporting), U when it replaced its copies.
+    """
+    return AuditMessage(
+        event=INSTANCES_TRANSFERRED,
+        action=action,
+        time=time,
+        outcome=outcome,
+        source_id=source_id,
+        participants=(_with_roles(sender, ROLE_SOURCE), _with_roles(receiver, ROLE_DESTINATION)),
+        objects=group_objects(group),
+        outcome_description=description,
+    )
+
+
+def instances_accessed(
+    *,
+    action: str,
+    outcome: int,
+    time: datetime,
+    source_id: str,
+    participants: Sequence[ActiveParticipant],
+    group: PatientGroup,
+    description: str | None = None,
+) -> AuditMessage:
+    """A.5.3.6: instances of one patient were read (R) or deleted (D) in place."""
+    return AuditMessage(
+        event=INSTANCES_ACCESSED,
+        action=action,
+        time=time,
+        outcome=outcome,
+        source_id=source_id,
+        participants=tuple(participants),
+        objects=group_objects(group),
+        outcome_description=description,
+    )
+
+
+def study_deleted(
+    *,
+    outcome: int,
+    time: datetime,
+    source_id: str,
+    participants: Sequence[ActiveParticipant],
+    group: PatientGroup,
+    description: str | None = None,
+) -> AuditMessage:
+    """A.5.3.8: whole studies of one patient were deleted."""
+    return AuditMessage(
+        event=STUDY_DELETED,
+        action="D",
+        time=time,
+        outcome=outcome,
+        source_id=source_id,
+        participants=tuple(participants),
+        objects=group_objects(group),
+        outcome_description=description,
+    )
+
+
+def query(
+    *,
+    outcome: int,
+    time: datetime,
+    source_id: str,
+    requestor: ActiveParticipant,
+    responder: ActiveParticipant,
+    resource: str,
+    query_string: bytes,
+    description: str | None = None,
+) -> AuditMessage:
+    """A.5.3.10 for QIDO-RS.
+
+    The query is not a C-FIND data set, so the participant object is not typed by SOP Class
+    (110181) but as (12, RFC-3881, "URI"): its ID is the search resource's URL and
+    ParticipantObjectQuery holds the query string exactly as received - "the query in the
+    format of the protocol used" - so that the search can be repeated.
+    """
+    item = ParticipantObject(
+        object_id=resource,
+        id_type=ID_URI,
+        type_code=SYSTEM_OBJECT,
+        role=ROLE_REPORT,
+        query=query_string,
+    )
+    return AuditMessage(
+        event=QUERY,
+        action="E",
+        time=time,
+        outcome=outcome,
+        source_id=source_id,
+        participants=(
+            _with_roles(requestor, ROLE_SOURCE),
+            _with_roles(responder, ROLE_DESTINATION),
+        ),
+        objects=(item,),
+        outcome_description=description,
+    )
+
+
+def audit_log_used(
+    *,
+    outcome: int,
+    time: datetime,
+    source_id: str,
+    participants: Sequence[ActiveParticipant],
+    log_uri: str,
+    filters: bytes | None = None,
+    description: str | None = None,
+) -> AuditMessage:
+    """A.5.3.2: someone read the audit trail; the filters they used are a detail."""
+    details = (("Filter", filters),) if filters else ()
+    item = ParticipantObject(
+        object_id=log_uri,
+        id_type=ID_URI,
+        type_code=SYSTEM_OBJECT,
+        role=ROLE_SECURITY_RESOURCE,
+        name="Security Audit Log",
+        details=details,
+    )
+    return AuditMessage(
+        event=AUDIT_LOG_USED,
+        action="R",
+        time=time,
+        outcome=outcome,
+        source_id=source_id,
+        participants=tuple(participants),
+        objects=(item,),
+        outcome_description=description,
+    )
+
+
+def security_alert(
+    *,
+    time: datetime,
+    source_id: str,
+    reporter: ActiveParticipant,
+    performer: ActiveParticipant,
+    subject_uri: str,
+    subject_name: str,
+    alert: str,
+    event_type: Code = USE_OF_RESTRICTED_FUNCTION,
+    outcome: int = MINOR_FAILURE,
+) -> AuditMessage:
+    """A.5.3.11: an attempt the archive refused (minor failure: the refusal worked).
+
+    The performing user has UserIsRequestor false, as the table requires.
+    """
+    item = ParticipantObject(
+        object_id=subject_uri,
+        id_type=ID_URI,
+        type_code=SYSTEM_OBJECT,
+        role=ROLE_SECURITY_RESOURCE,
+        name=subject_name,
+        details=(("Alert Description", alert.encode()),),
+    )
+    return AuditMessage(
+        event=SECURITY_ALERT,
+        action="E",
+        time=time,
+        outcome=outcome,
+        source_id=source_id,
+        participants=(reporter, _not_requestor(performer)),
+        objects=(item,),
+        event_types=(event_type,),
+        outcome_description=alert,
+    )
+
+
+def user_authentication(
+    *,
+    time: datetime,
+    source_id: str,
+    user: ActiveParticipant,
+    node: ActiveParticipant,
+    description: str,
+    outcome: int = MINOR_FAILURE,
+) -> AuditMessage:
+    """A.5.3.12: a login attempt (here: a request whose access token was refused)."""
+    return AuditMessage(
+        event=USER_AUTHENTICATION,
+        action="E",
+        time=time,
+        outcome=outcome,
+        source_id=source_id,
+        participants=(user, node),
+        event_types=(LOGIN,),
+        outcome_description=description,
+    )
+
+
+def _with_roles(participant: ActiveParticipant, *roles: Code) -> ActiveParticipant:
+    return ActiveParticipant(
+        user_id=participant.user_id,
+        requestor=participant.requestor,
+        alternative_user_id=participant.alternative_user_id,
+        user_name=participant.user_name,
+        roles=roles,
+        network_access_point=participant.network_access_point,
+    )
+
+
+def _not_requestor(participant: ActiveParticipant) -> ActiveParticipant:
+    return ActiveParticipant(
+        user_id=participant.user_id,
+        requestor=False,
+        alternative_user_id=participant.alternative_user_id,
+        user_name=participant.user_name,
+        roles=participant.roles,
+        network_access_point=participant.network_access_point,
+    )
