@@ -16,7 +16,9 @@ from tests.dicom_files import (
     bundled_bytes,
     dataset_from_bytes,
     instance_path,
+    multipart,
     split_multipart,
+    stow_content_type,
     with_new_uids,
 )
 from tests.e2e.server import ServerProcess
@@ -27,18 +29,8 @@ EXPLICIT_LE = "1.2.840.10008.1.2.1"
 
 
 def store(http: httpx.Client, data: bytes) -> None:
-    boundary = "ranges-test-boundary"
-    body = (
-        f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
-        + data
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
     response = http.post(
-        "/studies",
-        content=body,
-        headers={
-            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'
-        },
+        "/studies", content=multipart([data]), headers={"Content-Type": stow_content_type()}
     )
     assert response.status_code == 200, response.text
 

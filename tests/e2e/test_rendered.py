@@ -17,27 +17,17 @@ from tests.dicom_files import (
     dataset_from_bytes,
     instance_path,
     make_ct,
+    multipart,
     split_multipart,
+    stow_content_type,
     with_new_uids,
 )
 from tests.e2e.server import ServerProcess
 
 
 def store(http: httpx.Client, parts: list[bytes]) -> None:
-    boundary = "rendered-test-boundary"
-    body = (
-        b"".join(
-            f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + part + b"\r\n"
-            for part in parts
-        )
-        + f"--{boundary}--\r\n".encode()
-    )
     response = http.post(
-        "/studies",
-        content=body,
-        headers={
-            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'
-        },
+        "/studies", content=multipart(parts), headers={"Content-Type": stow_content_type()}
     )
     assert response.status_code == 200, response.text
 

@@ -19,13 +19,15 @@ import queue
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
+
+from dicomweb_server.futures import settle
 
 log = logging.getLogger(__name__)
 
@@ -63,18 +65,6 @@ def _fsync_directory(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _settle(future: Future[None], error: BaseException | None) -> None:
-    if future.done():
-        return
-    try:
-        if error is None:
-            future.set_result(None)
-        else:
-            future.set_exception(error)
-    except InvalidStateError:
-        pass
 
 
 class AuditStore:
@@ -164,10 +154,10 @@ class AuditStore:
                 self._write([line for lines, _ in jobs for line in lines])
             except BaseException as exc:  # every waiting request must hear about it
                 for _, future in jobs:
-                    _settle(future, exc)
+                    settle(future, exc)
             else:
                 for _, future in jobs:
-                    _settle(future, None)
+                    settle(future, None)
             if stop:
                 return
 

@@ -15,29 +15,17 @@ import logging
 import queue
 import threading
 from collections.abc import Sequence
-from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import Future
 
 from sqlalchemy import Connection
 
+from dicomweb_server.futures import settle
 from dicomweb_server.services.archive import Archive
 from dicomweb_server.services.store import PreparedPart, commit_batch
 
 log = logging.getLogger(__name__)
 
 _Job = tuple[Sequence[PreparedPart], Future[None]]
-
-
-def _settle(future: Future[None], error: BaseException | None) -> None:
-    """Report a job's result; a future nobody waits for any more must not stop the thread."""
-    if future.done():
-        return
-    try:
-        if error is None:
-            future.set_result(None)
-        else:
-            future.set_exception(error)
-    except InvalidStateError:
-        pass
 
 
 class GroupCommitter:
@@ -99,10 +87,10 @@ class GroupCommitter:
                     connection.close()
                     connection = None
                 for _, future in jobs:
-                    _settle(future, exc)
+                    settle(future, exc)
                 continue
             for _, future in jobs:
-                _settle(future, None)
+                settle(future, None)
 
     def close(self) -> None:
         """Finish what is queued, then stop the thread."""

@@ -28,6 +28,7 @@ from dicomweb_server.index.lookup import InstanceRef
 from dicomweb_server.services.archive import Archive
 
 _ATTRIBUTE_CACHE_SIZE = 512
+_BEYOND_ANY_FRAME = 10**18
 _Value = TypeVar("_Value")
 
 
@@ -52,12 +53,14 @@ def parse_frame_list(text: str, limit: int) -> list[int]:
     numbers: list[int] = []
     for item in text.split(","):
         item = item.strip()
-        if not item.isdigit() or len(item) > 9:
+        if not item.isascii() or not item.isdigit():
             raise BadRequest(
                 f"malformed frame list {text[:100]!r}: expected frame numbers separated by "
                 "commas, e.g. 1,3,5"
             )
-        numbers.append(int(item))
+        # A well-formed but huge number is a frame that does not exist (404 later), not a
+        # malformed list; it is clipped rather than converted digit by digit.
+        numbers.append(int(item) if len(item) <= 18 else _BEYOND_ANY_FRAME)
         if len(numbers) > limit:
             raise BadRequest(f"a frames request may list at most {limit} frames")
     return numbers

@@ -18,16 +18,9 @@ from dicomweb_server.imaging.render import RenderError, RenderParams, render_fra
 from dicomweb_server.services import pixels
 from dicomweb_server.services.archive import Archive
 from dicomweb_server.services.pixels import FrameSource
+from dicomweb_server.services.retrieve import describe_target
 
 _THUMBNAIL_CACHE_BYTES = 32 * 1024 * 1024
-
-
-def _describe(study: str, series: str | None, instance: str | None) -> str:
-    if instance is not None:
-        return f"instance {instance}"
-    if series is not None:
-        return f"series {series}"
-    return f"study {study}"
 
 
 def image_sources(
@@ -38,7 +31,7 @@ def image_sources(
         return [pixels.find_frame_source(archive, study, series, instance)]
     sources = pixels.find_image_sources(archive, study, series, instance)
     if not sources:
-        raise NotFound(f"{_describe(study, series, instance)} has no stored image to render")
+        raise NotFound(f"{describe_target(study, series, instance)} has no stored image to render")
     return sources
 
 

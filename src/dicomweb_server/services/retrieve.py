@@ -32,7 +32,8 @@ _WORD_SIZES = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
 BULK_URI_KEY = b'"BulkDataURI":"'
 
 
-def _describe(study: str, series: str | None, instance: str | None) -> str:
+def describe_target(study: str, series: str | None, instance: str | None) -> str:
+    """How error messages name the study, series or instance a request addresses."""
     if instance is not None:
         return f"instance {instance} of series {series} in study {study}"
     if series is not None:
@@ -46,7 +47,7 @@ def find_instances(
     with archive.sessions() as session:
         refs = lookup.find_instances(session, study, series, instance)
     if not refs:
-        raise NotFound(f"no {_describe(study, series, instance)} is stored")
+        raise NotFound(f"no {describe_target(study, series, instance)} is stored")
     return refs
 
 
@@ -148,7 +149,7 @@ def metadata_json(
     with archive.sessions() as session:
         rows = lookup.find_metadata(session, study, series, instance)
     if not rows:
-        raise NotFound(f"no {_describe(study, series, instance)} is stored")
+        raise NotFound(f"no {describe_target(study, series, instance)} is stored")
     body = b"[" + b",".join(rows) + b"]"
     # Stored BulkDataURIs are relative to the root; the key pattern cannot occur inside a
     # JSON string value (its quotes would be escaped), so a byte replace is exact.
@@ -221,7 +222,7 @@ def bulk_data(archive: Archive, study: str, series: str, instance: str, path: st
     with archive.sessions() as session:
         found = lookup.find_bulk(session, study, series, instance)
     if found is None:
-        raise NotFound(f"no {_describe(study, series, instance)} is stored")
+        raise NotFound(f"no {describe_target(study, series, instance)} is stored")
     ref = found.instance
     is_pixel_data = path.upper() in ("7FE00010", "7FE00008", "7FE00009")
     native_syntax = EXPLICIT_VR_LITTLE_ENDIAN if is_pixel_data else None
