@@ -11,7 +11,17 @@ from starlette.middleware.cors import CORSMiddleware
 
 from dicomweb_server import __version__
 from dicomweb_server.api import audit as audit_api
-from dicomweb_server.api import capabilities, delete, frames, health, qido, rendered, stow, wado
+from dicomweb_server.api import (
+    capabilities,
+    delete,
+    frames,
+    health,
+    qido,
+    rendered,
+    stow,
+    wado,
+)
+from dicomweb_server.api import metrics as metrics_api
 from dicomweb_server.api.errors import install_error_handlers
 from dicomweb_server.api.limits import QueryStringLimitMiddleware
 from dicomweb_server.audit import (
@@ -23,6 +33,8 @@ from dicomweb_server.audit import (
 from dicomweb_server.auth.middleware import AuthenticationMiddleware
 from dicomweb_server.auth.permissions import authorize
 from dicomweb_server.auth.tokens import TokenValidator
+from dicomweb_server.metrics.middleware import MetricsMiddleware
+from dicomweb_server.metrics.registry import ArchiveMetrics, multiprocess_directory
 from dicomweb_server.services.archive import Archive
 from dicomweb_server.services.group_commit import GroupCommitter
 from dicomweb_server.settings import Settings
@@ -65,6 +77,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             archive.close()
             if validator is not None:
                 validator.close()
+            if metrics is not None:
+                metrics.close()
             try:
                 await anyio.to_thread.run_sync(lambda: trail.application_activity(start=False))
             finally:
@@ -81,6 +95,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.on_forbidden = record_forbidden
+    metrics = ArchiveMetrics(multiprocess_directory()) if settings.metrics else None
+    app.state.metrics = metrics
     install_error_handlers(app)
     app.add_middleware(QueryStringLimitMiddleware, max_bytes=settings.max_query_string_bytes)
     # Auditing runs inside authentication (added before it, so wrapped by it): it sees the
@@ -108,7 +124,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=CORS_EXPOSED_HEADERS,
             max_age=3600,
         )
+    if metrics is not None:
+        # Outermost: every request is counted and timed, those refused before routing too.
+        app.add_middleware(
+            MetricsMiddleware,
+            metrics=metrics,
+            root=settings.url_prefix,
+            public=settings.metrics_public,
+        )
     app.include_router(health.router)
+    if metrics is not None:
+        app.include_router(metrics_api.router, tags=["Administration"])
     app.include_router(audit_api.router, tags=["Administration"])
     prefix = settings.url_prefix
     for module in (stow, qido, wado, frames, rendered, delete, capabilities):

@@ -60,6 +60,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from dicomweb_server.services.archive import Archive
     from dicomweb_server.services.store import recover
+    from dicomweb_server.storage import BlobStoreConfigurationError
 
     if args.no_auth:
         # Through the environment, so that worker processes see it too.
@@ -78,7 +79,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     _upgrade(settings)
-    archive = Archive.open(settings)
+    try:
+        archive = Archive.open(settings)
+    except BlobStoreConfigurationError as error:
+        print(f"dicomweb-server: {error}", file=sys.stderr)
+        return 2
     try:
         staging, orphans = recover(archive)
     finally:
@@ -100,6 +105,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         f"{settings.url_prefix} (data in {settings.data_dir.resolve()})",
         flush=True,
     )
+    if settings.metrics:
+        from dicomweb_server.metrics.multiprocess import prepare_directory
+
+        # Before any worker starts: workers share their metrics through this directory
+        # (inherited through the environment), so every scrape reports all of them.
+        prepare_directory(args.workers)
     if tls is not None:
         # HTTPS: Hypercorn, for HTTP/2 (uvicorn has none). Plain HTTP stays on uvicorn:
         # ~1.4x Hypercorn's requests/s on HTTP/1.1, faster bulk data (docs/deployment-tls.md).

@@ -67,6 +67,13 @@ class Settings(BaseSettings):
         default=1024 * 1024, ge=4096, description="Read size when streaming stored files."
     )
     sqlite_busy_timeout_ms: int = Field(default=30000, ge=0)
+    worker_lease_seconds: float = Field(
+        default=60.0,
+        ge=5.0,
+        description="How long a worker process may go without renewing its lease in the "
+        "index before other workers treat it as gone and clean up its unfinished stores. "
+        "Hosts sharing an index need clocks that agree well within this.",
+    )
 
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -88,6 +95,36 @@ class Settings(BaseSettings):
     )
     max_frames_per_request: int = Field(
         default=10_000, ge=1, description="Most frame numbers one frames request may list."
+    )
+
+    # --- Index database pool ---
+    # PostgreSQL only: each server process holds one pool, so a deployment needs up to
+    # workers x (pool size + max overflow) connections within the server's max_connections.
+    database_pool_size: int = Field(
+        default=10, ge=1, description="PostgreSQL connections each server process keeps open."
+    )
+    database_max_overflow: int = Field(
+        default=20,
+        ge=0,
+        description="Further PostgreSQL connections a process may open under load; they are "
+        "closed when returned.",
+    )
+    database_pool_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds a request waits for a free PostgreSQL connection before failing.",
+    )
+    database_statement_timeout_ms: int = Field(
+        default=0,
+        ge=0,
+        description="PostgreSQL statement_timeout of the server's queries (0: none); a query "
+        "running longer is cancelled. Schema migrations are not limited.",
+    )
+    database_application_name: str = Field(
+        default="dicomweb-server",
+        max_length=63,
+        description="application_name of the server's PostgreSQL sessions, shown in "
+        "pg_stat_activity and the server log; a URL parameter of the same name wins.",
     )
 
     # --- Authentication and authorization (docs/security.md) ---
@@ -203,6 +240,18 @@ class Settings(BaseSettings):
         default=None, description="PEM private key of audit_syslog_cert_file."
     )
 
+    # --- Metrics (docs/deployment.md, Monitoring) ---
+    metrics: bool = Field(
+        default=True,
+        description="Count and time requests and serve Prometheus metrics at /metrics "
+        "('off' removes both).",
+    )
+    metrics_public: bool = Field(
+        default=False,
+        description="Serve /metrics without an access token, for a scraper on a private "
+        "network; otherwise it needs the admin role (when authentication is on).",
+    )
+
     # --- Hostile-input limits (docs/conformance.md section 8) ---
     max_parts_per_request: int = Field(
         default=10_000,
@@ -227,6 +276,78 @@ class Settings(BaseSettings):
         ge=1,
         description="Largest size a Deflated Explicit VR Little Endian data set may inflate "
         "to; beyond it the instance is refused (failure 0xC000) without inflating further.",
+    )
+
+    # --- Object storage (docs/configuration.md, "Object storage") ---
+    storage_backend: Literal["filesystem", "s3"] = Field(
+        default="filesystem",
+        description="Where stored instances live: 'filesystem' (storage_path) or 's3' (a "
+        "bucket of AWS S3 or an S3-compatible service).",
+    )
+    s3_bucket: str | None = Field(
+        default=None,
+        description="Bucket of the s3 backend. It must exist unless s3_create_bucket is set.",
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None,
+        description="URL of an S3-compatible service (SeaweedFS, MinIO, Ceph); unset: AWS S3.",
+    )
+    s3_region: str | None = Field(
+        default=None, description="Region of the bucket; unset: boto3's configuration chain."
+    )
+    s3_access_key_id: str | None = Field(
+        default=None,
+        description="Access key id; unset (with the secret): boto3's credential chain.",
+    )
+    s3_secret_access_key: SecretStr | None = Field(
+        default=None, description="Secret access key belonging to s3_access_key_id."
+    )
+    s3_prefix: str = Field(
+        default="",
+        description="Key prefix of every object, so several archives can share one bucket.",
+    )
+    s3_addressing_style: Literal["auto", "path", "virtual"] = Field(
+        default="auto",
+        description="How the bucket is addressed; 'auto' is path style with s3_endpoint_url "
+        "and boto3's choice for AWS.",
+    )
+    s3_multipart_threshold_bytes: int = Field(
+        default=64 * 1024**2,
+        ge=5 * 1024**2,
+        description="Instances this large or larger are uploaded in parts.",
+    )
+    s3_multipart_chunk_bytes: int = Field(
+        default=16 * 1024**2,
+        ge=5 * 1024**2,
+        le=5 * 1024**3,
+        description="Size of one part of a multipart upload (grown for objects that would "
+        "need more than 10,000 parts).",
+    )
+    s3_max_connections: int = Field(
+        default=64,
+        ge=1,
+        description="Connection pool of the S3 client, shared by all uploads and reads.",
+    )
+    s3_connect_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="Timeout of opening a connection to the service."
+    )
+    s3_read_timeout_seconds: float = Field(
+        default=60.0, gt=0, description="Timeout of waiting for data on an open connection."
+    )
+    s3_max_attempts: int = Field(
+        default=4,
+        ge=1,
+        description="Attempts per S3 request, including the first (boto3's standard retries).",
+    )
+    s3_create_bucket: bool = Field(
+        default=False,
+        description="Create the bucket at start-up when it does not exist (embedded and test "
+        "set-ups; production buckets are made with their policies beforehand).",
+    )
+    staging_path: Path | None = Field(
+        default=None,
+        description="Local folder where incoming instances are staged before an s3 upload; "
+        "defaults to <data_dir>/staging.",
     )
 
     @field_validator("oidc_algorithms", mode="before")
@@ -281,3 +402,12 @@ class Settings(BaseSettings):
     def resolved_storage_path(self) -> Path:
         """The blob folder, defaulting to ``<data_dir>/blobs``."""
         return (self.storage_path or self.data_dir / "blobs").resolve()
+
+    @property
+    def resolved_staging_path(self) -> Path:
+        """The s3 backend's local staging folder, defaulting to ``<data_dir>/staging``.
+
+        The filesystem backend stages inside its blob folder instead, so that a commit is a
+        rename within one filesystem.
+        """
+        return (self.staging_path or self.data_dir / "staging").resolve()

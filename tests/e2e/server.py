@@ -52,7 +52,12 @@ class ServerProcess:
     def url(self) -> str:
         return f"{self.scheme}://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 30.0) -> None:
+    def start(self, timeout: float = 90.0) -> None:
+        """Start and wait until ready; a server that never gets ready is killed, not left.
+
+        The timeout is generous because it only matters when something is wrong: on a
+        loaded 2-core machine several workers importing at once take tens of seconds.
+        """
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [
@@ -72,6 +77,8 @@ class ServerProcess:
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
+            # Its own process group: a kill takes its worker processes down with it.
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -84,6 +91,7 @@ class ServerProcess:
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
+        self.kill()
         raise RuntimeError(f"server did not become ready:\n{self.log()}")
 
     def log(self) -> str:
@@ -95,14 +103,14 @@ class ServerProcess:
             try:
                 self.process.wait(20)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
         self.process = None
 
     def kill(self) -> None:
         """SIGKILL: no shutdown handlers run, as in a power cut of the process."""
         if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
+            os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
         self.process = None
 
@@ -118,3 +126,18 @@ def store_concurrently(root: str, body: bytes, content_type: str, clients: int) 
 
     with ThreadPoolExecutor(clients) as pool:
         return list(pool.map(post, range(clients)))
+
+
+def staged_files(data_dir: Path) -> list[Path]:
+    """Staging files (not the per-process folders and their locks) left under ``data_dir``."""
+    return sorted((data_dir / "blobs" / ".staging").rglob("*.part"))
+
+
+def blob_keys(data_dir: Path) -> list[str]:
+    """Keys of the blobs a filesystem-backed server under ``data_dir`` has stored, sorted."""
+    root = data_dir / "blobs"
+    return sorted(
+        str(path.relative_to(root))
+        for path in root.rglob("*")
+        if path.is_file() and ".staging" not in path.parts
+    )

@@ -20,7 +20,7 @@ from tests.dicom_files import (
     split_multipart,
     stow_content_type,
 )
-from tests.e2e.server import ServerProcess
+from tests.e2e.server import ServerProcess, staged_files
 
 ANY = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 
@@ -92,8 +92,7 @@ def _check_intact(server: ServerProcess, acknowledged: dict[str, bytes]) -> None
                 split_multipart(response.content, response.headers["content-type"])
             )
             assert content == data
-    staging = server.data_dir / "blobs" / ".staging"
-    assert list(staging.iterdir()) == []
+    assert staged_files(server.data_dir) == []
     # Every blob is complete (its name carries its hash) and referenced by exactly one row.
     blobs = _blob_files(server.data_dir)
     for path in blobs:

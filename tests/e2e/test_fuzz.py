@@ -33,7 +33,7 @@ from tests.dicom_files import (
     split_multipart,
     stow_content_type,
 )
-from tests.e2e.server import ServerProcess
+from tests.e2e.server import ServerProcess, staged_files
 from tests.unit.dicom.test_hostile import (
     EXPLICIT_LE,
     IMPLICIT_LE,
@@ -145,8 +145,7 @@ def assert_unharmed(fuzzed: Fuzzed) -> None:
         if line.startswith(("ERROR:", "ERROR dicomweb_server", "CRITICAL"))
     ]
     assert errors == [], errors
-    staging = server.data_dir / "blobs" / ".staging"
-    assert [path.name for path in staging.iterdir()] == []
+    assert staged_files(server.data_dir) == []
     with httpx.Client(base_url=server.root, timeout=60) as client:
         for stored in fuzzed.baseline:
             response = client.get(stored.path, headers={"Accept": ANY_SYNTAX})

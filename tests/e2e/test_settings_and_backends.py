@@ -20,7 +20,7 @@ from tests.dicom_files import (
     split_multipart,
     stow_content_type,
 )
-from tests.e2e.server import ServerProcess, store_concurrently
+from tests.e2e.server import ServerProcess, staged_files, store_concurrently
 
 ANY = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 
@@ -177,7 +177,7 @@ def test_request_size_limit_applies_to_chunked_bodies(tmp_path: Path) -> None:
                 "/studies", content=body, headers={"Content-Type": stow_content_type()}
             )
             assert response.status_code == 413
-            assert list((server.data_dir / "blobs" / ".staging").iterdir()) == []
+            assert staged_files(server.data_dir) == []
             assert fetch(http, small) == small
     finally:
         server.stop()

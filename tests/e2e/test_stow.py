@@ -21,7 +21,7 @@ from tests.dicom_files import (
     split_multipart,
     stow_content_type,
 )
-from tests.e2e.server import ServerProcess, store_concurrently
+from tests.e2e.server import ServerProcess, blob_keys, staged_files, store_concurrently
 
 ANY_SYNTAX = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 
@@ -53,12 +53,7 @@ def retrieve_instance_bytes(http: httpx.Client, data: bytes) -> bytes:
 
 
 def blob_files(server: ServerProcess) -> list[str]:
-    root = server.data_dir / "blobs"
-    return sorted(
-        str(path.relative_to(root))
-        for path in root.rglob("*")
-        if path.is_file() and ".staging" not in path.parts
-    )
+    return blob_keys(server.data_dir)
 
 
 @pytest.mark.parametrize("name", BUNDLED)
@@ -314,8 +309,7 @@ def test_clients_going_away_do_not_stop_later_stores(
     data = make_ct()
     assert stow(http, [data]).status_code == 200
     assert retrieve_instance_bytes(http, data) == data
-    staging = server.data_dir / "blobs" / ".staging"
     deadline = time.monotonic() + 10  # the server notices the disconnects asynchronously
-    while list(staging.iterdir()) and time.monotonic() < deadline:
+    while staged_files(server.data_dir) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert list(staging.iterdir()) == []
+    assert staged_files(server.data_dir) == []

@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
 from dicomweb_server.errors import ArchiveError
+from dicomweb_server.metrics.registry import count_backend_error
 
 log = logging.getLogger(__name__)
 
@@ -47,16 +48,19 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _archive_error(request: Request, exc: ArchiveError) -> Response:
         if exc.status_code >= 500:
             log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
+        count_backend_error(request.scope, exc)  # a StorageError; other ArchiveErrors are not
         return error_response(request, exc.status_code, exc.message, exc.headers)
 
     @app.exception_handler(DBAPIError)
     async def _index_error(request: Request, exc: DBAPIError) -> Response:
         log.error("%s %s: index error: %s", request.method, request.url.path, exc)
+        count_backend_error(request.scope, exc)
         return error_response(request, 503, "the index database is unavailable; retry later")
 
     @app.exception_handler(OSError)
     async def _storage_error(request: Request, exc: OSError) -> Response:
         log.error("%s %s: storage error: %s", request.method, request.url.path, exc)
+        count_backend_error(request.scope, exc)
         return error_response(
             request, 503, f"the blob store is unavailable ({exc.strerror or exc}); retry later"
         )

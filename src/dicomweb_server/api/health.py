@@ -20,7 +20,7 @@ async def healthz() -> Response:
 
 @router.get("/readyz")
 async def readyz(archive: ArchiveDep) -> Response:
-    """The index answers and the blob store is writable: ready for traffic."""
+    """The index answers and the blob store can take instances: ready for traffic."""
 
     def check() -> str | None:
         try:
@@ -28,9 +28,10 @@ async def readyz(archive: ArchiveDep) -> Response:
                 connection.execute(text("SELECT 1"))
         except Exception as exc:
             return f"index unavailable: {type(exc).__name__}"
-        if not archive.blobs.staging_dir.is_dir():
-            return "blob staging folder missing"
-        return None
+        try:
+            return archive.blobs.check()
+        except Exception as exc:
+            return f"blob store unavailable: {type(exc).__name__}"
 
     problem = await anyio.to_thread.run_sync(check)
     if problem:

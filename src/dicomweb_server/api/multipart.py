@@ -102,6 +102,16 @@ async def read_multipart(
         while len(buffer) < 2 and await fill():
             pass
         if buffer.startswith(b"--"):
+            # Read the epilogue (ignored, RFC 2046 5.1.1) to the end of the body before the
+            # response goes out. A response sent while request data is still arriving makes
+            # some HTTP/2 servers (Hypercorn) drop the whole connection, in-flight requests
+            # of other streams included. Bounded: a body that goes on after the close
+            # delimiter for longer than a preamble may is left unread.
+            epilogue = len(buffer)
+            buffer.clear()
+            while epilogue <= MAX_PREAMBLE_BYTES and await fill():
+                epilogue += len(buffer)
+                buffer.clear()
             return
         while True:
             end_of_line = buffer.find(b"\r\n")

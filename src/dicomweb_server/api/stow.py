@@ -20,6 +20,7 @@ from dicomweb_server.audit.middleware import patient_of, report_store
 from dicomweb_server.dicom import status
 from dicomweb_server.dicom.xml_model import dataset_to_xml
 from dicomweb_server.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from dicomweb_server.metrics.registry import count_stow
 from dicomweb_server.services import store
 from dicomweb_server.services.archive import Archive
 from dicomweb_server.services.group_commit import GroupCommitter
@@ -215,6 +216,7 @@ async def _store(request: Request, archive: Archive, study_uid: str | None) -> R
     except BaseException:
         ingest.abort()
         report_store(request, ingest.outcomes, ingest.patients)
+        count_stow(request.scope, ingest.received, ingest.outcomes)
         raise
 
     outcomes = ingest.outcomes
@@ -223,6 +225,7 @@ async def _store(request: Request, archive: Archive, study_uid: str | None) -> R
         # part is reported as a failure rather than discarding the whole request.
         outcomes = [*outcomes, store.failed(status.CANNOT_UNDERSTAND, truncated)]
     report_store(request, outcomes, ingest.patients)
+    count_stow(request.scope, ingest.received, outcomes)
     if not outcomes:
         raise BadRequest("the multipart body contains no parts")
     root = base_url(request, archive.settings)

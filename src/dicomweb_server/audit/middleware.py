@@ -98,11 +98,14 @@ ROUTE_KINDS: dict[tuple[str, str], Kind] = {
     ("GET", "/admin/audit"): Kind.AUDIT_LOG,
 }
 
-#: Routes deliberately not audited: probes, the capabilities description, API docs.
+#: Routes deliberately not audited: probes, the capabilities description, API docs, and
+#: metrics (no patient data; a record per scrape would bury the trail). Refused scrapes are
+#: still recorded, as every 401 and 403 is.
 NOT_AUDITED: frozenset[tuple[str, str]] = frozenset(
     {
         ("GET", "/healthz"),
         ("GET", "/readyz"),
+        ("GET", "/metrics"),
         ("OPTIONS", "{root}"),
         ("OPTIONS", "{root}/"),
         ("OPTIONS", "{root}/{path:path}"),

@@ -22,6 +22,9 @@ from dicomweb_server.services.archive import Archive
 #: Paths anyone may call: liveness and readiness probes carry no data.
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
 
+#: Paths outside the DICOMweb root even when the root is empty (as is ``/admin``).
+OUTSIDE_ROOT = frozenset({"/metrics", "/healthz", "/readyz"})
+
 READ, WRITE, DELETE, ADMIN = Permission.READ, Permission.WRITE, Permission.DELETE, Permission.ADMIN
 
 _STUDY = "{root}/studies/{study}"
@@ -65,6 +68,7 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], Permission] = {
     ("DELETE", _INSTANCE): DELETE,
     # Administration
     ("GET", "/admin/audit"): ADMIN,
+    ("GET", "/metrics"): ADMIN,
 }
 
 
@@ -79,7 +83,7 @@ def table_key(method: str, route_path: str, request_path: str, root: str) -> tup
         if route_path == root or route_path.startswith(root + "/"):
             route_path = route_path[len(root) :]
         return method, "{root}" + route_path
-    if not root and not route_path.startswith("/admin"):
+    if not root and not route_path.startswith("/admin") and route_path not in OUTSIDE_ROOT:
         return method, "{root}" + route_path
     return method, route_path
 

@@ -7,10 +7,17 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import URL, Engine, create_engine, event
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[3] / "migrations"
+from dicomweb_server.settings import Settings
+
+MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "migrations"
+
+#: URL schemes that mean PostgreSQL through psycopg 3 (``postgres://`` is what many hosting
+#: services and libpq tools hand out; SQLAlchemy itself does not accept it).
+_POSTGRESQL_SCHEMES = frozenset({"postgres", "postgresql", "postgresql+psycopg"})
 
 
 def _configure_sqlite(dbapi_connection: Any, _record: Any, busy_timeout_ms: int) -> None:
@@ -24,8 +31,49 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any, busy_timeout_ms: int)
     cursor.close()
 
 
-def create_index_engine(url: str, *, busy_timeout_ms: int = 30000) -> Engine:
-    """An engine with the per-dialect settings the archive relies on."""
+def is_postgresql_url(url: str) -> bool:
+    """Whether `url` selects PostgreSQL (any of the accepted spellings)."""
+    return make_url(url).drivername in _POSTGRESQL_SCHEMES
+
+
+def postgresql_url(
+    url: str, *, statement_timeout_ms: int = 0, application_name: str | None = None
+) -> URL:
+    """`url` for psycopg 3, with the session settings the archive asks for.
+
+    Session settings travel as libpq connection parameters (``options``,
+    ``application_name``), so they hold from a connection's first statement and cost no
+    round trip; values already in the URL are kept (an ``options`` value is extended).
+    """
+    parsed = make_url(url).set(drivername="postgresql+psycopg")
+    query: dict[str, str] = {}
+    if statement_timeout_ms:
+        given = parsed.query.get("options")
+        options = " ".join(given) if isinstance(given, tuple) else (given or "")
+        query["options"] = f"{options} -c statement_timeout={int(statement_timeout_ms)}".strip()
+    if application_name and "application_name" not in parsed.query:
+        query["application_name"] = application_name
+    return parsed.update_query_dict(query) if query else parsed
+
+
+def create_index_engine(
+    url: str,
+    *,
+    busy_timeout_ms: int = 30000,
+    pool_size: int = 10,
+    max_overflow: int = 20,
+    pool_timeout_s: float = 30.0,
+    statement_timeout_ms: int = 0,
+    application_name: str | None = "dicomweb-server",
+) -> Engine:
+    """An engine with the per-dialect settings the archive relies on.
+
+    PostgreSQL connections come from a QueuePool of `pool_size` connections kept open plus
+    up to `max_overflow` opened under load; a checkout waits `pool_timeout_s` seconds for
+    one, and is pinged first so that a connection the server or a firewall dropped is
+    replaced instead of failing a request. The pool options do not apply to SQLite, whose
+    connections are local file handles.
+    """
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -42,9 +90,31 @@ def create_index_engine(url: str, *, busy_timeout_ms: int = 30000) -> Engine:
             lambda conn, record: _configure_sqlite(conn, record, busy_timeout_ms),
         )
         return engine
-    if url.startswith("postgresql://") or url.startswith("postgres://"):
-        url = "postgresql+psycopg://" + url.split("://", 1)[1]
-    return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    target: str | URL = url
+    if is_postgresql_url(url):
+        target = postgresql_url(
+            url, statement_timeout_ms=statement_timeout_ms, application_name=application_name
+        )
+    return create_engine(
+        target,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_timeout=pool_timeout_s,
+        pool_pre_ping=True,
+    )
+
+
+def index_engine(settings: Settings) -> Engine:
+    """The archive's index engine, with the pool and session options of `settings`."""
+    return create_index_engine(
+        settings.resolved_database_url,
+        busy_timeout_ms=settings.sqlite_busy_timeout_ms,
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_max_overflow,
+        pool_timeout_s=settings.database_pool_timeout,
+        statement_timeout_ms=settings.database_statement_timeout_ms,
+        application_name=settings.database_application_name,
+    )
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from sqlalchemy import (
     BigInteger,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -46,7 +47,7 @@ class Study(Base):
 
     pk: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     study_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
-    patient_name: Mapped[str | None] = mapped_column(String(400), index=True)
+    patient_name: Mapped[str | None] = mapped_column(String(400))
     patient_id: Mapped[str | None] = mapped_column(String(64), index=True)
     patient_birth_date: Mapped[str | None] = mapped_column(String(8))
     patient_sex: Mapped[str | None] = mapped_column(String(16))
@@ -68,7 +69,7 @@ class Series(Base):
     pk: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     study_pk: Mapped[int] = mapped_column(ForeignKey("studies.pk", ondelete="CASCADE"), index=True)
     series_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
-    modality: Mapped[str | None] = mapped_column(String(16), index=True)
+    modality: Mapped[str | None] = mapped_column(String(16))
     series_number: Mapped[int | None] = mapped_column(Integer)
     series_description: Mapped[str | None] = mapped_column(String(400))
     series_date: Mapped[str | None] = mapped_column(String(8))
@@ -131,7 +132,28 @@ class BlobIntent(Base):
 
     pk: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     blob_key: Mapped[str] = mapped_column(String(200), index=True)
+    #: The worker whose store or delete attempt wrote the intent; only a worker that is gone
+    #: (see :class:`Worker`) may have its intents resolved by another.
+    owner: Mapped[str | None] = mapped_column(String(32), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Worker(Base):
+    """One running archive process, alive while it renews ``heartbeat``.
+
+    Several processes, on one host or several, share the index and the store. Intents left by
+    a process that died must be resolved, but those of a process still storing must not: the
+    lease tells them apart without any process having to know the others.
+    """
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    #: Seconds since the epoch of the last renewal, from the worker's own clock.
+    heartbeat: Mapped[float] = mapped_column(Float, index=True)
 
 
 Index("ix_instances_blob_key", Instance.blob_key)
@@ -142,4 +164,47 @@ Index(
     postgresql_ops={"patient_name": "text_pattern_ops"},
 )
 
-__all__ = ["Base", "BlobIntent", "Instance", "Series", "SeriesRequest", "Study"]
+# -- QIDO-RS matching keys on PostgreSQL (revision 0003; docs/architecture.md) --------------
+# text_pattern_ops serves both "=" and LIKE 'prefix%' under any database collation.
+Index(
+    "ix_studies_referring_physician_name_text",
+    Study.referring_physician_name,
+    postgresql_ops={"referring_physician_name": "text_pattern_ops"},
+)
+Index("ix_studies_study_id_text", Study.study_id, postgresql_ops={"study_id": "text_pattern_ops"})
+Index("ix_studies_study_time", Study.study_time)
+# ModalitiesInStudy is EXISTS (series of the study with the modality): this index answers it
+# from either side (studies with the modality, or the modality of one study) without
+# reading series rows, and serves Modality at series level too.
+Index("ix_series_modality_study_pk", Series.modality, Series.study_pk)
+Index("ix_series_performed_procedure_step_start_date", Series.performed_procedure_step_start_date)
+Index("ix_series_performed_procedure_step_start_time", Series.performed_procedure_step_start_time)
+Index("ix_series_requests_accession_number", SeriesRequest.accession_number)
+# Trigram GIN indexes (pg_trgm) for wild cards without a literal prefix and fuzzy names;
+# plain B-trees on SQLite. Revision 0003 skips them when pg_trgm cannot be created.
+Index(
+    "ix_studies_patient_name_trgm",
+    Study.patient_name,
+    postgresql_using="gin",
+    postgresql_ops={"patient_name": "gin_trgm_ops"},
+)
+Index(
+    "ix_studies_referring_physician_name_trgm",
+    Study.referring_physician_name,
+    postgresql_using="gin",
+    postgresql_ops={"referring_physician_name": "gin_trgm_ops"},
+)
+Index(
+    "ix_studies_patient_id_trgm",
+    Study.patient_id,
+    postgresql_using="gin",
+    postgresql_ops={"patient_id": "gin_trgm_ops"},
+)
+Index(
+    "ix_studies_accession_number_trgm",
+    Study.accession_number,
+    postgresql_using="gin",
+    postgresql_ops={"accession_number": "gin_trgm_ops"},
+)
+
+__all__ = ["Base", "BlobIntent", "Instance", "Series", "SeriesRequest", "Study", "Worker"]

@@ -47,7 +47,13 @@ class _Statements:
         insert_for = postgresql.insert if dialect == "postgresql" else sqlite.insert
         studies, series = _table(Study), _table(Series)
         instances, intents = _table(Instance), _table(BlobIntent)
-        self.study_pk = select(studies.c.pk).where(studies.c.study_instance_uid == bindparam("uid"))
+        # Stores lock their study in KEY SHARE mode, deletes in UPDATE mode (see lock_study):
+        # stores into one study run side by side, but never beside a delete of it.
+        self.study_pk = (
+            select(studies.c.pk)
+            .where(studies.c.study_instance_uid == bindparam("uid"))
+            .with_for_update(key_share=True)
+        )
         self.insert_study = insert_for(studies).on_conflict_do_nothing(
             index_elements=["study_instance_uid"]
         )
@@ -130,10 +136,22 @@ def _study_pk(connection: Connection, record: InstanceRecord, cache: LevelCache)
 
 
 def _series_pk(connection: Connection, record: InstanceRecord, cache: LevelCache) -> int:
-    """The series' key, creating study and series; refuses a series filed under another study."""
+    """The series' key, creating study and series; refuses a series filed under another study.
+
+    The study row is locked before the series is trusted: a delete of the study that
+    committed meanwhile has then either removed the series (and it is created again) or
+    waits for this transaction, so no instance is ever added to a level being deleted.
+    """
     uid = record.series.series_instance_uid
     study_uid = record.study.study_instance_uid
-    found = _stored_series(connection, uid, cache)
+    found = cache.series.get(uid)
+    if found is None:
+        seen = _stored_series(connection, uid, cache)
+        if seen is not None and seen[2] != study_uid:
+            raise SeriesStudyMismatch(uid)
+        _study_pk(connection, record, cache)
+        cache.series.pop(uid, None)
+        found = _stored_series(connection, uid, cache)
     if found is None:
         study_pk = _study_pk(connection, record, cache)
         values = asdict(record.series)
@@ -220,8 +238,9 @@ def stored_states(
     return {row[0]: StoredState(int(row[1]), row[2], row[3]) for row in rows}
 
 
-def add_intents(target: Connection | Session, keys: Iterable[str]) -> None:
-    rows = [{"blob_key": key} for key in keys]
+def add_intents(target: Connection | Session, keys: Iterable[str], owner: str | None) -> None:
+    """Record blob keys that may exist without a row, owned by worker ``owner``."""
+    rows = [{"blob_key": key, "owner": owner} for key in keys]
     if rows:
         connection = _connection(target)
         connection.execute(_prepared(connection).insert_intent, rows)
@@ -237,10 +256,14 @@ def _chunks(values: Sequence[Any]) -> Iterator[list[Any]]:
         yield list(values[start : start + IN_CHUNK])
 
 
-def remove_intents(target: Connection | Session, keys: Sequence[str]) -> None:
+def remove_intents(target: Connection | Session, keys: Sequence[str]) -> int:
+    """Remove the intents of ``keys``; returns how many there were."""
     connection = _connection(target)
+    removed = 0
     for chunk in _chunks(keys):
-        connection.execute(_prepared(connection).delete_intents, {"keys": chunk})
+        result = connection.execute(_prepared(connection).delete_intents, {"keys": chunk})
+        removed += result.rowcount
+    return removed
 
 
 def pending_intents(session: Session, older_than: datetime | None = None) -> list[str]:
@@ -257,7 +280,18 @@ def referenced_keys(session: Session, keys: Sequence[str]) -> set[str]:
     return found
 
 
-def delete_instances(session: Session, instance_pks: Sequence[int]) -> list[str]:
+def lock_study(session: Session, study_instance_uid: str) -> None:
+    """Lock a study against stores into it until the transaction ends (before a delete).
+
+    Without it, a store committing while a delete runs could add a series or instance that
+    the delete's cascade then removes unseen, with its blob and without an intent.
+    """
+    session.execute(
+        select(Study.pk).where(Study.study_instance_uid == study_instance_uid).with_for_update()
+    )
+
+
+def delete_instances(session: Session, instance_pks: Sequence[int], owner: str | None) -> list[str]:
     """Delete instance rows, and series and studies left empty; return their blob keys.
 
     The keys are recorded as intents in the same transaction, so a crash between the commit
@@ -271,7 +305,7 @@ def delete_instances(session: Session, instance_pks: Sequence[int]) -> list[str]
         ).all()
         keys.extend(row.blob_key for row in rows)
         series_pks.update(row.series_pk for row in rows)
-        add_intents(session, [row.blob_key for row in rows])
+        add_intents(session, [row.blob_key for row in rows], owner)
         session.execute(delete(Instance).where(Instance.pk.in_(chunk)))
     _delete_empty_levels(session, series_pks)
     return keys
@@ -281,6 +315,14 @@ def _delete_empty_levels(session: Connection | Session, series_pks: set[int]) ->
     """Remove series without instances among ``series_pks``, then studies without series."""
     if not series_pks:
         return
+    # Lock the studies first: later statements then see every store that committed into
+    # them, so emptiness is judged on current rows and the cascade removes nothing new.
+    session.execute(
+        select(Study.pk)
+        .where(Study.pk.in_(select(Series.study_pk).where(Series.pk.in_(series_pks))))
+        .order_by(Study.pk)
+        .with_for_update()
+    )
     empty_series = list(
         session.scalars(
             select(Series.pk)

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from sqlalchemy import Engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicomweb_server.index.database import create_index_engine, session_factory
+from dicomweb_server.index.database import index_engine, session_factory
+from dicomweb_server.services.leases import WorkerLease
 from dicomweb_server.settings import Settings
-from dicomweb_server.storage import BlobStore, FilesystemBlobStore
+from dicomweb_server.storage import BlobStore, open_blob_store
 
 
 def _begin_immediate(engine: Engine) -> None:
@@ -39,27 +40,40 @@ class Archive:
     sessions: sessionmaker[Session]
     write_sessions: sessionmaker[Session]
     blobs: BlobStore
+    lease: WorkerLease
+
+    @property
+    def worker_id(self) -> str:
+        """This process's lease, which owns the intents it writes."""
+        return self.lease.worker_id
 
     @classmethod
     def open(cls, settings: Settings) -> Archive:
-        url = settings.resolved_database_url
-        engine = create_index_engine(url, busy_timeout_ms=settings.sqlite_busy_timeout_ms)
+        engine = index_engine(settings)
         if engine.dialect.name == "sqlite":
-            write_engine = create_index_engine(url, busy_timeout_ms=settings.sqlite_busy_timeout_ms)
+            write_engine = index_engine(settings)
             _begin_immediate(write_engine)
         else:
             write_engine = engine
-        blobs = FilesystemBlobStore(settings.resolved_storage_path)
+        blobs = open_blob_store(settings)
+        write_sessions = session_factory(write_engine)
+        lease = WorkerLease(write_sessions, blobs, settings.worker_lease_seconds)
+        lease.register()
+        blobs.claim_staging(lease.worker_id)
+        lease.start()
         return cls(
             settings=settings,
             engine=engine,
             write_engine=write_engine,
             sessions=session_factory(engine),
-            write_sessions=session_factory(write_engine),
+            write_sessions=write_sessions,
             blobs=blobs,
+            lease=lease,
         )
 
     def close(self) -> None:
+        self.lease.stop()
+        self.blobs.release_staging()
         self.engine.dispose()
         if self.write_engine is not self.engine:
             self.write_engine.dispose()

@@ -10,12 +10,14 @@ Every instance goes the same way, whether it came in a STOW-RS request or from
 4. each blob is committed to the store (atomic rename, directory fsync);
 5. the instance rows are inserted and the intents removed in one transaction.
 
-A crash before 5 leaves intents whose blobs start-up recovery deletes; after 5 everything is
+A crash before 5 leaves intents whose blobs are deleted once the crashed process's lease has
+lapsed (at the next start-up, or by any other running worker); after 5 everything is
 durable, and only then is the instance acknowledged.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,10 +26,13 @@ from sqlalchemy import Connection
 
 from dicomweb_server.dicom import status
 from dicomweb_server.dicom.parse import InvalidInstance, ParsedInstance, parse_instance
+from dicomweb_server.errors import StorageError
 from dicomweb_server.index import repository
 from dicomweb_server.index.records import build_record
 from dicomweb_server.index.repository import SeriesStudyMismatch, StoredBlob
+from dicomweb_server.index.transient import retrying
 from dicomweb_server.services.archive import Archive
+from dicomweb_server.services.leases import reap
 from dicomweb_server.storage import StagedBlob, new_blob_key
 
 
@@ -53,6 +58,13 @@ class PreparedPart:
     staged: StagedBlob | None
     parsed: ParsedInstance | None
     outcome: StoreOutcome
+
+
+log = logging.getLogger(__name__)
+
+
+class LeaseLapsed(Exception):
+    """Another worker resolved this one's intents while it was committing."""
 
 
 def bulk_data_path(study: str, series: str, instance: str, path: str) -> str:
@@ -170,30 +182,87 @@ def _commit(archive: Archive, todo: Sequence[PreparedPart], connection: Connecti
             )
         ]
         keys = {id(part): new_blob_key(part.staged.sha256) for part in pending if part.staged}
-        repository.add_intents(connection, keys.values())
+        repository.add_intents(connection, keys.values(), archive.worker_id)
     for part in todo:
         if part not in pending and part.staged is not None:
             part.staged.path.unlink(missing_ok=True)
     if not pending:
         return
-    for part in pending:
-        assert part.staged is not None
-        archive.blobs.commit(part.staged, keys[id(part)])
+    try:
+        archive.blobs.commit_all([(part.staged, keys[id(part)]) for part in pending if part.staged])
+    except BaseException:
+        # No row will reference any blob of this attempt: drop those that made it, so the
+        # failure leaves nothing for a lease to expire on (best effort; the intents stay
+        # for whatever cannot be deleted now).
+        _drop_attempt(archive, connection, list(keys.values()))
+        raise
 
-    discarded: list[str] = []  # new blobs no row will reference: safe to drop before commit
-    replaced: list[str] = []  # old blobs of overwritten rows: only droppable after commit
+    # One order for every transaction (study, series, instance), so that workers storing
+    # into the same new studies wait for each other instead of deadlocking.
+    pending.sort(key=_level_order)
+    try:
+        discarded, replaced = retrying(lambda: _insert_rows(archive, connection, pending, keys))
+    except LeaseLapsed:
+        # Rolled back: no row references this attempt's blobs, and no intent covers them.
+        for key in keys.values():
+            archive.blobs.delete(key)
+        raise StorageError(
+            "the store was interrupted (this server's lease in the index lapsed); "
+            "nothing was stored, send the instances again"
+        ) from None
+    # Blobs no row references any more: ours that lost a race, and overwritten ones. Their
+    # intents were kept until now, so a crash here still leaves them to be found.
+    leftovers = discarded + replaced
+    if leftovers:
+        for key in leftovers:
+            archive.blobs.delete(key)
+        with connection.begin():
+            repository.remove_intents(connection, leftovers)
+
+
+def _drop_attempt(archive: Archive, connection: Connection, keys: list[str]) -> None:
+    try:
+        for key in keys:
+            archive.blobs.delete(key)
+        with connection.begin():
+            repository.remove_intents(connection, keys)
+    except Exception as exc:
+        log.warning("could not clean up a failed store attempt now: %s", exc)
+
+
+def _level_order(part: PreparedPart) -> tuple[str, str, str]:
+    outcome = part.outcome
+    return (
+        outcome.study_instance_uid or "",
+        outcome.series_instance_uid or "",
+        outcome.sop_instance_uid or "",
+    )
+
+
+def _insert_rows(
+    archive: Archive, connection: Connection, pending: Sequence[PreparedPart], keys: dict[int, str]
+) -> tuple[list[str], list[str]]:
+    """The row transaction of a batch; re-runnable from scratch when the index asks for it.
+
+    Returns the blob keys no row references after it: new blobs that lost a race, and old
+    blobs of overwritten instances. Both keep an intent until the caller deleted them.
+    """
+    for part in pending:
+        part.outcome.stored = part.outcome.already_present = False
+        part.outcome.failure_reason, part.outcome.message = None, ""
+    discarded: list[str] = []
+    replaced: list[str] = []
     with connection.begin():
+        # Intents go first: on PostgreSQL this locks them against another worker's clean-up,
+        # and a shortfall means that clean-up already took them (this worker's lease lapsed)
+        # and may have deleted the blobs, so no row may point at them.
+        if repository.remove_intents(connection, list(keys.values())) != len(keys):
+            raise LeaseLapsed
         cache = repository.LevelCache()
         for part in pending:
             _insert_one(archive, connection, part, keys[id(part)], cache, discarded, replaced)
-        for key in discarded:
-            archive.blobs.delete(key)
-        repository.remove_intents(connection, list(keys.values()))
-    if replaced:
-        for key in replaced:
-            archive.blobs.delete(key)
-        with connection.begin():
-            repository.remove_intents(connection, replaced)
+        repository.add_intents(connection, discarded, archive.worker_id)
+    return discarded, replaced
 
 
 def _insert_one(
@@ -220,7 +289,7 @@ def _insert_one(
             outcome.stored = outcome.already_present = True
             discarded.append(key)
         elif state is not None and archive.settings.allow_overwrite:
-            repository.add_intents(connection, [state.blob_key])
+            repository.add_intents(connection, [state.blob_key], archive.worker_id)
             repository.replace_instance(connection, state.pk, record, blob, cache)
             replaced.append(state.blob_key)
             outcome.stored = True
@@ -238,17 +307,11 @@ def _insert_one(
 
 
 def recover(archive: Archive) -> tuple[int, int]:
-    """Undo what an interrupted process left behind; returns (staging files, orphan blobs).
+    """Undo what interrupted processes left behind; returns (staging files, orphan blobs).
 
-    Must run before the archive serves requests (``serve`` and ``import`` call it first), as
-    it cannot tell an in-flight store from an interrupted one.
+    Safe while other processes serve the same index and store: only staging folders and
+    intents of processes that are gone are touched (:mod:`dicomweb_server.services.leases`).
     """
     staging = archive.blobs.clear_staging()
-    with archive.write_sessions.begin() as session:
-        keys = repository.pending_intents(session)
-        referenced = repository.referenced_keys(session, keys)
-        orphans = [key for key in set(keys) if key not in referenced]
-        for key in orphans:
-            archive.blobs.delete(key)
-        repository.remove_intents(session, keys)
-    return staging, len(orphans)
+    reaped = reap(archive.write_sessions, archive.blobs, archive.settings.worker_lease_seconds)
+    return staging, reaped.orphan_blobs

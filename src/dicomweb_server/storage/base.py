@@ -9,14 +9,25 @@ makes it durable in the store.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import secrets
+import shutil
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
+
+
+class BlobStoreConfigurationError(Exception):
+    """The configured blob store cannot be used (no bucket, no access, unreachable).
+
+    Raised at start-up with a message meant for the operator, not as a request failure.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +81,28 @@ class StagingWriter:
         self._path.unlink(missing_ok=True)
 
 
+#: Blobs of one batch committed side by side (fsyncs or uploads in flight at once).
+COMMIT_THREADS = 8
+
+#: The lock file a live process holds in its own staging folder.
+LOCK_NAME = ".lock"
+
+
+def _abandoned(folder: Path) -> bool:
+    """Whether no live process holds ``folder``'s staging lock (taking it if so)."""
+    try:
+        fd = os.open(folder / LOCK_NAME, os.O_RDWR)
+    except FileNotFoundError:
+        return True  # a folder without a lock was never claimed, or is being removed
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
 def new_blob_key(sha256: str) -> str:
     """A fresh key for one store attempt.
 
@@ -88,22 +121,93 @@ class BlobStore(ABC):
     def __init__(self, staging_dir: Path) -> None:
         self.staging_dir = staging_dir
         staging_dir.mkdir(parents=True, exist_ok=True)
+        self._own_staging = staging_dir
+        self._staging_lock: int | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+
+    def claim_staging(self, owner: str) -> None:
+        """Stage into a folder of this process's own, locked while the process lives.
+
+        Several processes may share one staging folder (``serve --workers``). Each stages into
+        ``<staging>/<owner>`` and holds an exclusive ``flock`` on its lock file; the kernel
+        drops the lock when the process dies, however it dies, which is how
+        :meth:`clear_staging` in another process tells an abandoned folder from a busy one.
+        """
+        # Locked under a hidden name first: another process's clear_staging must never see
+        # the folder without its lock held.
+        claiming = self.staging_dir / f".{owner}"
+        claiming.mkdir(parents=True)
+        fd = os.open(claiming / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        folder = self.staging_dir / owner
+        os.rename(claiming, folder)
+        self._own_staging, self._staging_lock = folder, fd
+
+    def release_staging(self) -> None:
+        """Give up this process's staging folder at a clean shutdown."""
+        folder, fd = self._own_staging, self._staging_lock
+        if fd is None:
+            return
+        self._own_staging, self._staging_lock = self.staging_dir, None
+        shutil.rmtree(folder, ignore_errors=True)
+        os.close(fd)
 
     def staging_writer(self) -> StagingWriter:
         """Start a new staging file."""
-        return StagingWriter(self.staging_dir)
+        return StagingWriter(self._own_staging)
 
     def clear_staging(self) -> int:
-        """Remove staging files left by an earlier process; returns how many.
+        """Remove staging files of processes that are gone; returns how many files.
 
-        Only safe when no ingest is running, i.e. at start-up before serving.
+        A folder whose lock can be taken belongs to no live process. Files directly in the
+        staging folder come from a version that staged there and ran as one process, which
+        the caller (start-up, before serving) has replaced.
         """
         removed = 0
         for entry in self.staging_dir.iterdir():
             if entry.is_file():
                 entry.unlink(missing_ok=True)
                 removed += 1
+            elif (
+                entry.is_dir()
+                and not entry.name.startswith(".")
+                and entry != self._own_staging
+                and _abandoned(entry)
+            ):
+                removed += sum(1 for path in entry.iterdir() if path.name != LOCK_NAME)
+                shutil.rmtree(entry, ignore_errors=True)
         return removed
+
+    def check(self) -> str | None:
+        """Why the store cannot take instances now, or ``None``: the readiness question.
+
+        Every store stages on local disk, so the staging folder is checked here; stores with
+        a remote side add a cheap round trip to it.
+        """
+        if not self.staging_dir.is_dir():
+            return "blob staging folder missing"
+        return None
+
+    def commit_all(self, items: Sequence[tuple[StagedBlob, str]]) -> None:
+        """Commit several staged blobs at once; raises the first failure after all settled.
+
+        Each commit waits on the disk or the network (an fsync, an upload), so a batch is
+        committed side by side on a few threads rather than one after another.
+        """
+        if len(items) <= 1:
+            for staged, key in items:
+                self.commit(staged, key)
+            return
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(COMMIT_THREADS, thread_name_prefix="blob-commit")
+            pool = self._pool
+        futures = [pool.submit(self.commit, staged, key) for staged, key in items]
+        errors = [future.exception() for future in futures]
+        for error in errors:
+            if error is not None:
+                raise error
 
     @abstractmethod
     def commit(self, staged: StagedBlob, key: str) -> None:
