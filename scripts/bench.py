@@ -1,421 +1,282 @@
-"""Side-by-side benchmark: STOW-RS ingest of synthetic 512x512 CT instances.
+"""Side-by-side benchmark of dicomweb-server against Orthanc with its DICOMweb plugin.
 
-Starts this archive (embedded default, fresh data folder) and, when Debian's ``orthanc`` and
-``orthanc-dicomweb`` are installed, Orthanc with its DICOMweb plugin, both on loopback. Each
-scenario runs against both servers in turn with fresh instances, checks a sample of what was
-stored, and prints instances/s, MB/s and the server's peak memory, with the ratio to Orthanc.
-The machine is shared and noisy: compare ratios within one run, not absolute figures across runs.
+Generates a deterministic workload with pydicom, starts this archive (embedded default, fresh
+data folder) and Orthanc (Debian's packages, configured on loopback in the work folder), and
+runs every scenario against both, one after the other with the same client and requests,
+checking a sample of answers. Bulk reads also run against a bare-ASGI endpoint serving the
+same byte ranges (scripts/bench_ceiling.py): the ceiling of the stack. Per scenario it prints
+both figures, their ratio, the target and PASS/MISS; ``--output`` writes them all as JSON.
+
+The machine is shared and has 2 cores that client and servers share: compare ratios within one
+run, not absolute figures across runs or machines.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
+import datetime
 import json
 import os
+import platform
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+import traceback
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import Any
 
-import httpx
-import numpy as np
-import psutil
-import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-ORTHANC = shutil.which("Orthanc")
-ORTHANC_DICOMWEB = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
-BOUNDARY = "bench-boundary"
+from benchlib import ingest, reads
+from benchlib.client import Request, fetch
+from benchlib.report import Scenario, print_summary, write_json
+from benchlib.runner import Bench
+from benchlib.servers import (
+    MemoryMonitor,
+    orthanc_available,
+    start_archive,
+    start_orthanc,
+)
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        try:
-            if httpx.get(url, timeout=1).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} not ready")
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_SCENARIOS = ("stow", "qido", "metadata", "instances", "series", "frames", "rendered")
+ALL_SCENARIOS = (*DEFAULT_SCENARIOS, "parse", "large-index")
 
 
-@dataclass
-class Server:
-    name: str
-    root: str
-    process: subprocess.Popen[bytes]
-
-    def rss(self) -> int:
-        try:
-            main = psutil.Process(self.process.pid)
-            return main.memory_info().rss + sum(
-                child.memory_info().rss for child in main.children(recursive=True)
-            )
-        except psutil.Error:
-            return 0
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+def _ints(text: str) -> list[int]:
+    return [int(value) for value in text.split(",") if value]
 
 
-def start_archive(workdir: Path, workers: int = 1) -> Server:
-    port = free_port()
-    env = {**os.environ, "DICOMWEB_AUTH": "off"}
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dicomweb_server.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--data-dir",
-            str(workdir / "archive"),
-            "--no-access-log",
-            "--log-level",
-            "warning",
-            "--workers",
-            str(workers),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=(__doc__ or "").splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    wait_ready(f"http://127.0.0.1:{port}/readyz", process)
-    return Server("dicomweb-server", f"http://127.0.0.1:{port}/dicom-web", process)
-
-
-def start_orthanc(workdir: Path) -> Server | None:
-    if not ORTHANC or not Path(ORTHANC_DICOMWEB).exists():
-        return None
-    port = free_port()
-    folder = workdir / "orthanc"
-    folder.mkdir()
-    config = {
-        "Name": "bench",
-        "StorageDirectory": str(folder / "storage"),
-        "IndexDirectory": str(folder / "index"),
-        "HttpPort": port,
-        "DicomServerEnabled": False,
-        "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False,
-        "Plugins": [ORTHANC_DICOMWEB],
-        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-        "HttpThreadsCount": 50,
-    }
-    (folder / "orthanc.json").write_text(json.dumps(config))
-    process = subprocess.Popen(
-        [ORTHANC, str(folder / "orthanc.json")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    wait_ready(f"http://127.0.0.1:{port}/system", process)
-    return Server("orthanc", f"http://127.0.0.1:{port}/dicom-web", process)
-
-
-class Generator:
-    """Deterministic 512x512 16-bit CT instances (seeded pixels, fresh UIDs per call)."""
-
-    def __init__(self, seed: int = 7) -> None:
-        rng = np.random.default_rng(seed)
-        self.studies = 0
-        self.pixels = [
-            rng.integers(0, 4096, size=(512, 512), dtype=np.uint16).tobytes() for _ in range(8)
-        ]
-
-    def study(self, count: int, per_series: int = 100) -> list[bytes]:
-        # One patient per study, as in real data (Orthanc files a study under its patient).
-        self.studies += 1
-        study = generate_uid()
-        series = generate_uid()
-        result = []
-        for index in range(count):
-            if index and index % per_series == 0:
-                series = generate_uid()
-            result.append(self.instance(study, series, index, self.studies))
-        return result
-
-    def instance(self, study: str, series: str, index: int, patient: int = 0) -> bytes:
-        ds = Dataset()
-        ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
-        ds.SOPInstanceUID = generate_uid()
-        ds.StudyInstanceUID = study
-        ds.SeriesInstanceUID = series
-        ds.PatientName = f"Bench^Patient{patient}"
-        ds.PatientID = f"BENCH{patient}"
-        ds.StudyDate = "20240101"
-        ds.StudyTime = "120000"
-        ds.Modality = "CT"
-        ds.SeriesNumber = 1
-        ds.InstanceNumber = index + 1
-        ds.ImagePositionPatient = [0, 0, float(index)]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.PixelSpacing = [0.5, 0.5]
-        ds.SliceThickness = 1.0
-        ds.RescaleIntercept = -1024
-        ds.RescaleSlope = 1
-        ds.WindowCenter = 40
-        ds.WindowWidth = 400
-        ds.Rows = ds.Columns = 512
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.BitsAllocated = 16
-        ds.BitsStored = 12
-        ds.HighBit = 11
-        ds.PixelRepresentation = 0
-        ds.PixelData = self.pixels[index % len(self.pixels)]
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = ds.SOPClassUID
-        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.file_meta = meta
-        buffer = io.BytesIO()
-        pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
-        return buffer.getvalue()
-
-
-def body_of(instances: list[bytes]) -> bytes:
-    pieces = []
-    for data in instances:
-        pieces += [
-            f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode(),
-            data,
-            b"\r\n",
-        ]
-    pieces.append(f"--{BOUNDARY}--\r\n".encode())
-    return b"".join(pieces)
-
-
-@dataclass
-class Result:
-    seconds: float
-    instances: int
-    megabytes: float
-    peak_rss: int
-    errors: int
-
-
-def run_stow(server: Server, instances: list[bytes], concurrency: int, per_request: int) -> Result:
-    requests = [instances[i : i + per_request] for i in range(0, len(instances), per_request)]
-    bodies = [body_of(group) for group in requests]
-    headers = {
-        "Content-Type": f'multipart/related; type="application/dicom"; boundary={BOUNDARY}',
-        "Accept": "application/dicom+json",
-    }
-    peak = server.rss()
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, server.rss())
-            time.sleep(0.05)
-
-    local = threading.local()
-    errors = 0
-
-    def send(body: bytes) -> None:
-        nonlocal errors
-        client = getattr(local, "client", None)
-        if client is None:
-            client = local.client = httpx.Client(timeout=120)
-        response = client.post(f"{server.root}/studies", content=body, headers=headers)
-        if response.status_code != 200:
-            errors += 1
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    start = time.perf_counter()
-    with ThreadPoolExecutor(concurrency) as pool:
-        list(pool.map(send, bodies))
-    seconds = time.perf_counter() - start
-    done.set()
-    sampler.join()
-    return Result(seconds, len(instances), sum(map(len, instances)) / 1e6, peak, errors)
-
-
-def verify(server: Server, instances: list[bytes]) -> bool:
-    """Fetch a sample back and compare it with what was sent."""
-    for data in (instances[0], instances[len(instances) // 2], instances[-1]):
-        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-        url = (
-            f"{server.root}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
-            f"/instances/{ds.SOPInstanceUID}"
-        )
-        response = httpx.get(
-            url,
-            headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
-            timeout=60,
-        )
-        if response.status_code != 200 or data not in response.content:
-            return False
-    return True
-
-
-def bench_parse(generator: Generator) -> None:
-    """Ingest-time parsing per instance: ours against pydicom's dcmread + to_json_dict."""
-    from pydicom.data import get_testdata_file
-
-    from dicomweb_server.dicom.parse import parse_instance
-
-    files = []
-    with tempfile.TemporaryDirectory() as temp:
-        generated = Path(temp) / "ct512.dcm"
-        generated.write_bytes(generator.study(1)[0])
-        files.append(("generated CT 512x512", generated))
-        for name in ("CT_small.dcm", "MR_small.dcm", "rtplan.dcm"):
-            files.append((name, Path(str(get_testdata_file(name)))))
-
-        def best_ms(function, number: int = 200) -> float:  # type: ignore[no-untyped-def]
-            timings = []
-            for _ in range(5):
-                start = time.perf_counter()
-                for _ in range(number):
-                    function()
-                timings.append((time.perf_counter() - start) / number * 1000)
-            return min(timings)
-
-        print(
-            "Ingest parse, per instance (best of 5): parse_instance does everything ingest needs;"
-        )
-        print("pydicom = dcmread(stop_before_pixels) + to_json_dict, which is less work.\n")
-        print(f"{'file':<24}{'parse_instance ms':>19}{'pydicom ms':>12}{'ratio':>8}")
-        for label, path in files:
-            ours = best_ms(
-                lambda path=path: parse_instance(
-                    path, bulk_data_threshold=1024, bulk_uri=lambda *parts: "/bulk"
-                )
-            )
-            theirs = best_ms(
-                lambda path=path: pydicom.dcmread(path, stop_before_pixels=True).to_json_dict(
-                    1024, lambda element: "/bulk"
-                )
-            )
-            print(f"{label:<24}{ours:>19.3f}{theirs:>12.3f}{theirs / ours:>7.1f}x")
-        print()
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=300, help="instances per scenario")
-    parser.add_argument("--concurrency", default="1,4,16", help="client concurrencies")
-    parser.add_argument("--per-request", type=int, default=1, help="instances per STOW request")
-    parser.add_argument("--no-orthanc", action="store_true")
-    parser.add_argument("--workers", type=int, default=1, help="worker processes of our server")
-    parser.add_argument("--skip-parse", action="store_true", help="skip the ingest-parse figures")
-    parser.add_argument(
+    add = parser.add_argument
+    add(
         "--scenarios",
-        default="stow,frames,metadata,rendered",
-        help="comma-separated: stow, frames, metadata, rendered",
+        default=",".join(DEFAULT_SCENARIOS),
+        help=f"comma-separated, from: {', '.join(ALL_SCENARIOS)} (large-index is opt-in: long)",
     )
-    parser.add_argument("--frames", type=int, default=600, help="frames of the multi-frame object")
-    parser.add_argument("--frame-concurrency", default="8,32", help="concurrencies for frames")
-    parser.add_argument(
-        "--seconds", type=float, default=15, help="time budget per pixel scenario and server"
+    add("--seconds", type=float, default=30, help="time budget of each read load per server")
+    add("--count", type=int, default=400, help="instances per STOW concurrency level")
+    add("--per-request", type=int, default=1, help="instances per STOW request")
+    add("--stow-concurrency", type=_ints, default=[1, 4, 16], help="STOW client concurrencies")
+    add("--stow-seconds", type=float, default=300, help="time cap of each STOW run")
+    add("--qido-studies", type=int, default=10_000, help="studies in the QIDO index")
+    add("--qido-concurrency", type=int, default=4)
+    add("--series-size", type=int, default=300, help="instances of the read series")
+    add("--read-concurrency", type=int, default=4, help="metadata, instances, rendered")
+    add("--frames", type=int, default=600, help="frames of the multi-frame object")
+    add("--frame-concurrency", type=int, default=8)
+    add(
+        "--orthanc-frame-cap",
+        type=int,
+        default=2,
+        help="Orthanc's concurrency for frames (it reads the whole file per frame)",
     )
-    args = parser.parse_args()
-    concurrencies = [int(value) for value in args.concurrency.split(",")]
-    scenarios = set(args.scenarios.split(","))
+    add(
+        "--encapsulated",
+        default="rle,j2k",
+        type=lambda s: [k for k in s.split(",") if k],
+        help="encapsulated kinds of the multi-frame object: rle, j2k",
+    )
+    add("--workers", type=int, default=1, help="worker processes of our server and the ceiling")
+    add("--no-orthanc", action="store_true", help="benchmark our server (and ceiling) only")
+    add(
+        "--archive-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment of our server, for diagnosis (repeatable)",
+    )
+    add("--no-ceiling", action="store_true", help="skip the bare-ASGI ceiling")
+    add("--memory-limit-mb", type=float, default=500, help="target: our server's peak RSS")
+    add(
+        "--memory-guard-mb",
+        type=int,
+        default=8000,
+        help="stop a load when a server's RSS exceeds this (protects the machine)",
+    )
+    add("--output", type=Path, help="write all results as JSON to this file")
+    add("--workdir", type=Path, help="work folder (default: a fresh temporary one)")
+    add(
+        "--cache-dir",
+        type=Path,
+        default=ROOT / ".cache" / "bench",
+        help="where generated multi-frame objects are kept between runs",
+    )
+    add("--keep", action="store_true", help="keep the work folder and the PostgreSQL database")
+    group = parser.add_argument_group("large-index (PostgreSQL, ours alone)")
+    group.add_argument(
+        "--pg-url",
+        default="postgresql://postgres@127.0.0.1:5432",
+        help="server URL without database",
+    )
+    group.add_argument("--pg-database", default="dicomweb_bench")
+    group.add_argument("--large-instances", type=int, default=1_000_000)
+    group.add_argument("--large-studies", type=int, default=100_000)
+    group.add_argument("--large-per-request", type=int, default=50)
+    group.add_argument("--large-concurrency", type=int, default=4)
+    group.add_argument("--large-seconds", type=float, default=7200, help="ingest time cap")
+    group.add_argument("--large-qido-seconds", type=float, default=60)
+    args = parser.parse_args(argv)  # fmt: skip
+    args.scenario_set = set(args.scenarios.split(","))
+    args.extra_env = dict(item.split("=", 1) for item in args.archive_env)
+    unknown = args.scenario_set - set(ALL_SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    return args
 
-    generator = Generator()
-    if not args.skip_parse:
-        bench_parse(generator)
-    with tempfile.TemporaryDirectory(prefix="dicomweb-bench-") as temp:
-        workdir = Path(temp)
-        servers = [start_archive(workdir, args.workers)]
-        orthanc = None if args.no_orthanc else start_orthanc(workdir)
-        if orthanc:
-            servers.append(orthanc)
-        else:
-            print("Orthanc not found (apt-get install orthanc orthanc-dicomweb): ours only\n")
-        try:
-            if "stow" in scenarios:
-                bench_stow(servers, generator, args, concurrencies)
-            pixel_scenarios(servers, generator, args, scenarios)
-        finally:
-            for server in servers:
+
+def load_average() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} {five:.2f} {fifteen:.2f}"
+
+
+def context(args: argparse.Namespace, started: float, load_start: str) -> dict[str, Any]:
+    from dicomweb_server import __version__
+
+    info: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "dicomweb_server": __version__,
+        "python": platform.python_version(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "load_average_start": load_start,
+        "load_average_end": load_average(),
+        "seconds": round(time.monotonic() - started, 1),
+        "arguments": {
+            k: v for k, v in vars(args).items() if k not in ("scenario_set", "extra_env")
+        },
+    }
+    return info
+
+
+def guarded(bench: Bench, name: str, action: Callable[[], None]) -> None:
+    """Run one scenario; a failure is reported and recorded, and the next one still runs."""
+    try:
+        action()
+    except Exception as exc:
+        record_failure(bench, name, exc)
+
+
+def record_failure(bench: Bench, name: str, exc: Exception) -> None:
+    traceback.print_exc()
+    failed = Scenario(name, f"{name} (failed)", "-")
+    failed.notes.append(f"failed: {exc!r}")
+    bench.scenarios.append(failed)
+
+
+def run_default(bench: Bench) -> None:
+    chosen = bench.args.scenario_set
+    if "parse" in chosen:
+        guarded(bench, "parse", lambda: ingest.bench_parse(bench))
+    # QIDO first: its checks know every study in the index only while nothing else is stored.
+    if "qido" in chosen:
+        guarded(bench, "qido", lambda: ingest.run_qido(bench))
+    if "stow" in chosen:
+        guarded(bench, "stow", lambda: ingest.run_stow(bench))
+    readers = chosen & {"metadata", "instances", "series", "frames", "rendered"}
+    if not readers:
+        return
+    try:
+        data = reads.prepare(bench, need_multiframe="frames" in chosen)
+    except Exception as exc:
+        record_failure(bench, "read_data", exc)
+        return
+    if "metadata" in chosen:
+        guarded(bench, "series_metadata", lambda: reads.run_metadata(bench, data))
+    if "instances" in chosen:
+        guarded(bench, "wado_instance", lambda: reads.run_instances(bench, data))
+    if "series" in chosen:
+        guarded(bench, "wado_series", lambda: reads.run_series(bench, data))
+    if "frames" in chosen:
+        for kind in ("native", *bench.args.encapsulated):
+            guarded(bench, f"frames_{kind}", partial(reads.run_frames, bench, data, kind))
+    if "rendered" in chosen:
+        guarded(bench, "rendered", lambda: reads.run_rendered(bench, data))
+
+
+def run_large(bench: Bench, workdir: Path, monitor: MemoryMonitor) -> None:
+    from benchlib.large_index import run_large_index
+
+    guarded(
+        bench,
+        "large_index",
+        lambda: bench.scenarios.extend(run_large_index(bench, workdir, monitor)),
+    )
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    """Turn SIGTERM and SIGHUP into an exception, so servers, work folder and database are
+    cleaned up as after Ctrl-C, and the log says why the run ended."""
+    print(f"\nbench: received {signal.Signals(signum).name}, stopping", flush=True)
+    raise SystemExit(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, _terminate)
+    started = time.monotonic()
+    load_start = load_average()
+    print(f"dicomweb-server benchmark: {', '.join(sorted(args.scenario_set))}")
+    print(f"load average at start: {load_start} ({os.cpu_count()} CPUs; shared machine)")
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="dicomweb-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    monitor = MemoryMonitor()
+    guard = args.memory_guard_mb * 1_000_000
+    bench: Bench | None = None
+    memory: dict[str, float] = {}
+    extra: dict[str, Any] = {}
+    try:
+        ours = start_archive(workdir, workers=args.workers, extra_env=args.extra_env)
+        monitor.watch(ours, guard)
+        bench = Bench(args, workdir, args.cache_dir, monitor, ours)
+        wants_orthanc = args.scenario_set - {"parse", "large-index"}
+        if wants_orthanc and not args.no_orthanc:
+            if orthanc_available():
+                bench.orthanc = start_orthanc(workdir)
+                monitor.watch(bench.orthanc, guard)
+                system = fetch(bench.orthanc.host, bench.orthanc.port, Request("GET", "/system"))
+                extra["orthanc_system"] = json.loads(system.body)
+                print(f"Orthanc {extra['orthanc_system'].get('Version')} with its DICOMweb plugin")
+            else:
+                print("Orthanc is not installed (scripts/orthanc-setup): ours only")
+        run_default(bench)
+        memory = {name: monitor.peak(name) / 1e6 for name in monitor.watches}
+        for server in bench.servers(ceiling=True):
+            server.stop()
+        if "large-index" in args.scenario_set:
+            began = time.monotonic()
+            run_large(bench, workdir, monitor)
+            extra["large_index_minutes"] = round((time.monotonic() - began) / 60, 1)
+            print(f"\nlarge-index scenario took {extra['large_index_minutes']} minutes")
+        print_summary(bench.scenarios, memory, args.memory_limit_mb)
+        if args.output:
+            info = context(args, started, load_start)
+            write_json(args.output, bench.scenarios, memory, info, extra)
+            print(f"\nresults written to {args.output}")
+    finally:
+        if bench is not None:
+            for server in bench.servers(ceiling=True):
                 server.stop()
-    return 0
-
-
-def pixel_scenarios(
-    servers: list[Server], generator: Generator, args: argparse.Namespace, scenarios: set[str]
-) -> None:
-    sys.path.insert(0, str(Path(__file__).parent))
-    import bench_pixels
-
-    if scenarios & {"frames", "metadata", "rendered"}:
-        print("\nPixel data and metadata: requests/s, latency and server memory")
-    if "frames" in scenarios:
-        concurrencies = [int(value) for value in args.frame_concurrency.split(",")]
-        bench_pixels.bench_frames(servers, args.frames, args.seconds, concurrencies)
-    if "metadata" in scenarios:
-        print()
-        bench_pixels.header()
-        bench_pixels.bench_metadata(servers, generator.study(300, per_series=300), args.seconds)
-    if "rendered" in scenarios:
-        print()
-        bench_pixels.header()
-        bench_pixels.bench_rendered(servers, generator.study(1)[0], args.seconds)
-
-
-def bench_stow(
-    servers: list[Server],
-    generator: Generator,
-    args: argparse.Namespace,
-    concurrencies: list[int],
-) -> None:
-    """STOW-RS ingest at each client concurrency, fresh instances per server."""
-    print(
-        f"STOW-RS ingest: {args.count} instances of 512x512x16 bit CT (~0.5 MB), "
-        f"{args.per_request} per request; dicomweb-server with {args.workers} worker(s)\n"
-    )
-    header = (
-        f"{'scenario':<16}{'server':<18}{'inst/s':>9}{'MB/s':>9}"
-        f"{'peak MB':>10}{'errors':>8}{'ok':>5}"
-    )
-    print(header)
-    print("-" * len(header))
-    for concurrency in concurrencies:
-        figures: dict[str, Result] = {}
-        for server in servers:
-            instances = generator.study(args.count)
-            result = run_stow(server, instances, concurrency, args.per_request)
-            ok = verify(server, instances)
-            figures[server.name] = result
-            print(
-                f"{'STOW c=' + str(concurrency):<16}{server.name:<18}"
-                f"{result.instances / result.seconds:>9.1f}"
-                f"{result.megabytes / result.seconds:>9.1f}"
-                f"{result.peak_rss / 1e6:>10.0f}{result.errors:>8}"
-                f"{'yes' if ok else 'NO':>5}"
-            )
-        if len(figures) == 2:
-            ours, theirs = figures["dicomweb-server"], figures["orthanc"]
-            ratio = (ours.instances / ours.seconds) / (theirs.instances / theirs.seconds)
-            print(f"{'':<16}{'ratio':<18}{ratio:>8.2f}x")
+        else:
+            for watch in monitor.watches.values():
+                watch.server.stop()
+        monitor.close()
+        if args.keep or args.workdir:
+            print(f"work folder kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    misses = [s.key for s in bench.scenarios if s.verdict() == "MISS"] if bench else []
+    print(f"\n{len(misses)} scenario(s) missed their targets" if misses else "\nall targets met")
+    print(f"total time {(time.monotonic() - started) / 60:.1f} min; load average {load_average()}")
+    return 0 if bench is not None else 1
 
 
 if __name__ == "__main__":

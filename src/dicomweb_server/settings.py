@@ -187,6 +187,7 @@ class Settings(BaseSettings):
             "dicomweb.read": "reader",
             "dicomweb.write": "writer",
             "dicomweb.delete": "deleter",
+            "dicomweb.monitor": "monitor",
             "dicomweb.admin": "admin",
         },
         description="Claim values that grant each role, as value=role pairs, comma-separated.",

@@ -44,6 +44,7 @@ ROLE_SCOPES = {
     "reader": "dicomweb.read",
     "writer": "dicomweb.write",
     "deleter": "dicomweb.delete",
+    "monitor": "dicomweb.monitor",
     "admin": "dicomweb.admin",
     "no-role": "openid",
 }
@@ -51,6 +52,7 @@ ROLE_GRANTS: dict[str, set[Permission]] = {
     "reader": {Permission.READ},
     "writer": {Permission.WRITE},
     "deleter": {Permission.DELETE},
+    "monitor": {Permission.MONITOR},
     "admin": set(Permission),
     "no-role": set(),
 }

@@ -129,14 +129,18 @@ def test_a_blob_cut_short_on_disk_is_a_blob_store_error(
     before = scrape(server)
     blob.write_bytes(data[: len(data) // 2])  # damage behind the archive's back
     url = f"{server.root}/studies/{study}/series/{series}/instances/{sop}"
-    with pytest.raises(httpx.HTTPError):  # Content-Length promised more than arrives
-        httpx.get(url, headers={"Accept": DICOM_ANY}, timeout=30)
+    # The whole instance is read in one piece before the response starts: a clean 503.
+    assert httpx.get(url, headers={"Accept": DICOM_ANY}, timeout=30).status_code == 503
+    single = {"Accept": "application/dicom; transfer-syntax=*", "Range": "bytes=0-"}
+    with pytest.raises(httpx.HTTPError):  # a range streams: Content-Length promised more
+        httpx.get(url, headers=single, timeout=30)
     after = scrape(server)
     moved = after.value("dicomweb_blob_store_errors_total") - before.value(
         "dicomweb_blob_store_errors_total"
     )
-    assert moved == 1
-    assert after.requests("wado-instance", 200) - before.requests("wado-instance", 200) == 1
+    assert moved == 2
+    assert after.requests("wado-instance", 503) - before.requests("wado-instance", 503) == 1
+    assert after.requests("wado-instance", 206) - before.requests("wado-instance", 206) == 1
 
 
 # -- who may scrape --------------------------------------------------------------------------
@@ -148,7 +152,7 @@ def idp() -> Iterator[TestIdP]:
         yield provider
 
 
-def test_metrics_need_the_admin_role_and_scrapes_are_not_audited(
+def test_metrics_need_the_monitor_role_and_scrapes_are_not_audited(
     idp: TestIdP, tmp_path: Path
 ) -> None:
     server = ServerProcess(tmp_path / "data", idp.server_env())
@@ -160,15 +164,21 @@ def test_metrics_need_the_admin_role_and_scrapes_are_not_audited(
             token = idp.mint(sub="viewer", scope=scope)
             refused = httpx.get(url, headers={"Authorization": f"Bearer {token}"})
             assert refused.status_code == 403, scope
-            assert 'scope="dicomweb.admin"' in refused.headers["www-authenticate"]
-        admin = {"Authorization": f"Bearer {idp.mint(sub='prometheus', scope='dicomweb.admin')}"}
-        first = scrape(server, **admin)
+            assert 'scope="dicomweb.monitor"' in refused.headers["www-authenticate"]
+        monitor = {
+            "Authorization": f"Bearer {idp.mint(sub='prometheus', scope='dicomweb.monitor')}"
+        }
+        admin = {"Authorization": f"Bearer {idp.mint(sub='operator', scope='dicomweb.admin')}"}
+        first = scrape(server, **monitor)
         second = scrape(server, **admin)
         assert second.requests("metrics", 403) == 4
         assert second.requests("unrouted", 401) == 1  # refused before routing
         assert second.requests("metrics", 200) - first.requests("metrics", 200) == 1
+        # The monitor role reads metrics and nothing else.
+        studies = httpx.get(f"{server.root}/studies", headers=monitor)
+        assert studies.status_code == 403
         records = [r for r in read_records(server.data_dir / "audit") if r["path"] == "/metrics"]
-        # The failed login and the four Security Alerts; no record of the admin's scrapes.
+        # The failed login and the four Security Alerts; no record of the scrapes.
         assert sorted(r["status"] for r in records) == [401, 403, 403, 403, 403]
     finally:
         server.stop()

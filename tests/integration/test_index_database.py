@@ -75,6 +75,15 @@ def test_sqlite_engine_from_settings_is_unchanged(tmp_path: Path) -> None:
     engine.dispose()
 
 
+def test_sqlite_readers_cache_more_pages_without_relaxing_durability(tmp_path: Path) -> None:
+    engine = index_engine(Settings(data_dir=tmp_path))
+    with engine.connect() as connection:
+        assert connection.scalar(text("PRAGMA cache_size")) == -8 * 1024
+        assert connection.scalar(text("PRAGMA synchronous")) == 2  # FULL
+        assert connection.scalar(text("PRAGMA journal_mode")) == "wal"
+    engine.dispose()
+
+
 @pytest.mark.postgres
 @pytest.mark.skipif(not POSTGRES_URL, reason="DICOMWEB_TEST_DATABASE_URL is not set")
 @pytest.mark.parametrize("scheme", ["postgres", "postgresql"])

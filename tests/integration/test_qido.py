@@ -81,6 +81,26 @@ def test_universal_matching_returns_the_attribute_without_filtering(session: Ses
     assert studies(run(session, STUDY, {"StudyDescription": "*"})) == ["1.1", "1.2"]
 
 
+def test_an_empty_attribute_changed_by_a_caller_does_not_leak_into_later_results(
+    session: Session,
+) -> None:
+    # Plans are reused between searches of the same shape; the empty values they return
+    # must still be fresh objects for every result.
+    store(session, study_instance("1.1"), study_instance("1.2"))
+    first_result = run(session, STUDY, {"StudyDescription": ""})
+    first_result.items[0]["00081030"]["Value"] = ["changed"]
+    again = run(session, STUDY, {"StudyDescription": ""})
+    assert [item["00081030"] for item in again.items] == [{"vr": "LO"}, {"vr": "LO"}]
+    assert first_result.items[1]["00081030"] == {"vr": "LO"}
+
+
+def test_results_list_attributes_in_tag_order(session: Session) -> None:
+    store(session, study_instance("1.1", **{"00081030": attr("LO", "Chest")}))
+    result = run(session, STUDY, {"PatientID": "", "includefield": "00081030,00080090"})
+    tags = list(result.items[0])
+    assert tags == sorted(tags)
+
+
 def test_star_wild_card(session: Session) -> None:
     store(
         session,

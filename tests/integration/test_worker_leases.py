@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -160,10 +161,10 @@ class _ReapDuringCommit:
 
     def __init__(self, committing: Archive, other: Archive) -> None:
         self.committing, self.other = committing, other
-        self.inner_commit = committing.blobs.commit
+        self.inner_commit = committing.blobs.commit_all
 
-    def __call__(self, staged: StagedBlob, key: str) -> None:
-        self.inner_commit(staged, key)
+    def __call__(self, items: Sequence[tuple[StagedBlob, str]], *, synced: bool = False) -> None:
+        self.inner_commit(items, synced=synced)
         with self.committing.write_sessions.begin() as session:
             session.execute(
                 update(Worker)
@@ -177,7 +178,7 @@ def test_a_commit_whose_lease_lapsed_stores_nothing(
     pair: tuple[Archive, Archive], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first, second = pair
-    monkeypatch.setattr(first.blobs, "commit", _ReapDuringCommit(first, second))
+    monkeypatch.setattr(first.blobs, "commit_all", _ReapDuringCommit(first, second))
     data = with_new_uids(bundled_bytes("CT_small.dcm"))
     part = store.prepare(first, _stage(first, data), None)
     with pytest.raises(store.StorageError):

@@ -10,7 +10,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from dicomweb_server.api.byte_ranges import etag_matches, range_response
+from dicomweb_server.api.byte_ranges import PartsResponse, etag_matches, range_response
 from dicomweb_server.api.deps import ArchiveDep, check_path
 from dicomweb_server.api.encoding import multipart_related_type, new_boundary
 from dicomweb_server.api.frame_media import FrameChoice, choose_frame_representation
@@ -146,8 +146,9 @@ async def frames_response(
     media_type += f"; transfer-syntax={choice.transfer_syntax}"
     closing = f"\r\n--{boundary}--\r\n".encode()
     if len(plan.numbers) == 1:
-        body = head(plan.numbers[0]) + first + closing
-        return Response(body, media_type=media_type, headers=headers)
+        return PartsResponse(
+            [head(plan.numbers[0]), first, closing], media_type=media_type, headers=headers
+        )
 
     async def stream() -> AsyncIterator[bytes]:
         for index, number in enumerate(plan.numbers):

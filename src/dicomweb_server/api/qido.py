@@ -62,23 +62,31 @@ async def _search(
         query = dataclasses.replace(query, patient_id=patient)
     root = base_url(request, settings)
 
-    def run() -> SearchResult:
-        with archive.sessions() as session:
-            return search(session, query, base_url=root)
+    as_xml = offer.part_type == DICOM_XML
+    boundary = new_boundary() if as_xml else ""
 
-    result = await anyio.to_thread.run_sync(run)
+    def run() -> tuple[SearchResult, bytes]:
+        # The body is encoded in the same worker thread as the search: one thread hop per
+        # request, and a page of results never blocks the event loop while it is encoded.
+        with archive.sessions() as session:
+            result = search(session, query, base_url=root)
+        if not result.items:
+            return result, b""
+        if as_xml:
+            return result, xml_multipart(result.items, boundary)
+        return result, json_bytes(result.items)
+
+    result, body = await anyio.to_thread.run_sync(run)
     headers = {"Vary": "Accept"}
     if result.warnings:
         headers["Warning"] = ", ".join(warning_value(request, text) for text in result.warnings)
     if not result.items:
         return Response(status_code=204, headers=headers)
-    if offer.part_type == DICOM_XML:
-        boundary = new_boundary()
-        body = await anyio.to_thread.run_sync(xml_multipart, result.items, boundary)
+    if as_xml:
         return Response(
             body, media_type=multipart_related_type(boundary, DICOM_XML), headers=headers
         )
-    return Response(json_bytes(result.items), media_type=offer.media_type, headers=headers)
+    return Response(body, media_type=offer.media_type, headers=headers)
 
 
 @router.get("/studies")

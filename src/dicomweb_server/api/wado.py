@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from dicomweb_server.api import frames
-from dicomweb_server.api.byte_ranges import etag_matches, range_response
+from dicomweb_server.api.byte_ranges import PartsResponse, etag_matches, range_response
 from dicomweb_server.api.deps import ArchiveDep, check_path
 from dicomweb_server.api.encoding import (
     DICOM_JSON,
@@ -25,13 +25,17 @@ from dicomweb_server.api.media import MediaRange
 from dicomweb_server.api.negotiation import Offer, _admits, accept_ranges, negotiate
 from dicomweb_server.api.urls import base_url
 from dicomweb_server.audit.middleware import report_refs
-from dicomweb_server.errors import BadRequest, NotAcceptable
+from dicomweb_server.errors import BadRequest, NotAcceptable, StorageError
 from dicomweb_server.imaging.transcode import TranscodeError
 from dicomweb_server.index.lookup import InstanceRef
 from dicomweb_server.services import retrieve
 from dicomweb_server.services.archive import Archive
 
 router = APIRouter()
+
+#: Stored instances up to this many read-size chunks are read with one read and sent as one
+#: body message; larger ones are streamed chunk by chunk to bound memory.
+ONE_READ_CHUNKS = 8
 
 DICOM_OFFER = Offer("multipart/related", "application/dicom")
 ZIP_OFFER = Offer("application/zip")
@@ -113,7 +117,7 @@ async def _retrieve(
     boundary = f"dicomweb-{refs[0].sha256[:32]}" if instance is not None else new_boundary()
     parts: list[tuple[bytes, Callable[[], Iterator[bytes]]]] = []
     if offer is SINGLE_DICOM_OFFER:
-        return _single_instance(request, archive, refs[0], target, ready)
+        return await _single_instance(request, archive, refs[0], target, ready)
     for ref in refs:
         syntax = retrieve.delivered_syntax(ref, target)
         location = (
@@ -137,12 +141,35 @@ async def _retrieve(
     media_type = multipart_related_type(boundary, "application/dicom")
     if target != retrieve.ANY_TRANSFER_SYNTAX:
         media_type += f"; transfer-syntax={target}"
+    if instance is not None:
+        # One instance: its bytes in memory (re-encoded, or one read of a file of moderate
+        # size), sent between the framing without joining them to it.
+        data = ready if ready is not None else await _read_whole(archive, refs[0])
+        if data is not None:
+            closing = f"\r\n--{boundary}--\r\n".encode()
+            return PartsResponse(
+                [parts[0][0], data, closing], media_type=media_type, headers=headers
+            )
     return StreamingResponse(
         _multipart_stream(boundary, parts), media_type=media_type, headers=headers
     )
 
 
-def _single_instance(
+async def _read_whole(archive: Archive, ref: InstanceRef) -> bytes | None:
+    """A stored instance's bytes in one read, or ``None`` when it is large enough to stream."""
+    if ref.size > archive.settings.retrieve_chunk_bytes * ONE_READ_CHUNKS:
+        return None
+    data = await anyio.to_thread.run_sync(archive.blobs.read_range, ref.blob_key, 0, ref.size)
+    if len(data) != ref.size:
+        # Content-Length comes from the index: a blob of another length must not be sent.
+        raise StorageError(
+            f"the stored instance {ref.sop_instance_uid} is {len(data)} bytes, "
+            f"the index recorded {ref.size}"
+        )
+    return data
+
+
+async def _single_instance(
     request: Request, archive: Archive, ref: InstanceRef, target: str, ready: bytes | None
 ) -> Response:
     """One instance as a single-part application/dicom body, with byte ranges when stored."""
@@ -154,6 +181,11 @@ def _single_instance(
     etag = f'"{ref.sha256}"'
     if etag_matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers={**headers, "ETag": etag})
+    if "range" not in request.headers:
+        data = await _read_whole(archive, ref)
+        if data is not None:
+            whole = {**headers, "ETag": etag, "Accept-Ranges": "bytes"}
+            return PartsResponse([data], media_type=media_type, headers=whole)
     chunk = archive.settings.retrieve_chunk_bytes
 
     def read(offset: int, size: int) -> Iterator[bytes]:

@@ -29,7 +29,6 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from xml.etree.ElementTree import Element, SubElement, tostring
 
 #: SOP Instance UIDs are listed in a message when it names at most this many instances;
 #: beyond that only the count per SOP Class is given (the note to A.5.2 on message size).
@@ -171,73 +170,138 @@ class AuditMessage:
     source_type: str = SOURCE_TYPE_APPLICATION_SERVER
 
     def to_xml(self) -> str:
-        root = Element("AuditMessage")
-        event = SubElement(root, "EventIdentification")
+        """The message as the DICOM Audit Message Schema's XML, one string.
+
+        Written straight into a list of strings rather than through an ElementTree: the
+        tree cost a third of a millisecond per message, paid before every audited response.
+        The output is what ``ElementTree.tostring`` gives for the same elements (attribute
+        order, escaping, ``<empty />`` form), so stored records keep their form.
+        """
+        out: list[str] = ["<AuditMessage><EventIdentification"]
         if self.action is not None:
-            event.set("EventActionCode", self.action)
-        event.set("EventDateTime", self.time.isoformat())
-        event.set("EventOutcomeIndicator", str(self.outcome))
-        _code(event, "EventID", self.event)
+            out.append(f' EventActionCode="{_attribute(self.action)}"')
+        out.append(
+            f' EventDateTime="{self.time.isoformat()}" EventOutcomeIndicator="{self.outcome}">'
+        )
+        _code(out, "EventID", self.event)
         for event_type in self.event_types:
-            _code(event, "EventTypeCode", event_type)
+            _code(out, "EventTypeCode", event_type)
         if self.outcome_description:
-            SubElement(event, "EventOutcomeDescription").text = xml_text(self.outcome_description)
+            out.append("<EventOutcomeDescription>")
+            out.append(_text(xml_text(self.outcome_description)))
+            out.append("</EventOutcomeDescription>")
+        out.append("</EventIdentification>")
         for participant in self.participants:
-            _participant(root, participant)
-        source = SubElement(root, "AuditSourceIdentification")
-        source.set("AuditSourceID", xml_text(self.source_id))
-        SubElement(source, "AuditSourceTypeCode").set("csd-code", self.source_type)
+            _participant(out, participant)
+        out.append(
+            f'<AuditSourceIdentification AuditSourceID="{_attribute(xml_text(self.source_id))}">'
+            f'<AuditSourceTypeCode csd-code="{_attribute(self.source_type)}" />'
+            "</AuditSourceIdentification>"
+        )
         for item in self.objects:
-            _object(root, item)
-        return tostring(root, encoding="unicode")
+            _object(out, item)
+        out.append("</AuditMessage>")
+        return "".join(out)
 
 
-def _code(parent: Element, tag: str, code: Code) -> None:
-    element = SubElement(parent, tag)
-    element.set("csd-code", code.code)
-    element.set("codeSystemName", code.system)
-    element.set("displayName", code.meaning)
-    element.set("originalText", code.meaning)
+_ATTRIBUTE_ESCAPES = (
+    ("&", "&amp;"),
+    ("<", "&lt;"),
+    (">", "&gt;"),
+    ('"', "&quot;"),
+    ("\r", "&#13;"),
+    ("\n", "&#10;"),
+    ("\t", "&#09;"),
+)
 
 
-def _participant(parent: Element, participant: ActiveParticipant) -> None:
-    element = SubElement(parent, "ActiveParticipant")
-    element.set("UserID", xml_text(participant.user_id))
+def _attribute(value: str) -> str:
+    """An attribute value escaped as ElementTree escapes it (newlines kept as references)."""
+    for char, entity in _ATTRIBUTE_ESCAPES:
+        if char in value:
+            value = value.replace(char, entity)
+    return value
+
+
+def _text(value: str) -> str:
+    """Character data escaped as ElementTree escapes it."""
+    if "&" in value:
+        value = value.replace("&", "&amp;")
+    if "<" in value:
+        value = value.replace("<", "&lt;")
+    if ">" in value:
+        value = value.replace(">", "&gt;")
+    return value
+
+
+def _text_element(out: list[str], tag: str, text: str) -> None:
+    # ElementTree writes an element with empty text in its short form.
+    out.append(f"<{tag}>{_text(text)}</{tag}>" if text else f"<{tag} />")
+
+
+def _code(out: list[str], tag: str, code: Code) -> None:
+    meaning = _attribute(code.meaning)
+    out.append(
+        f'<{tag} csd-code="{_attribute(code.code)}" codeSystemName="{_attribute(code.system)}"'
+        f' displayName="{meaning}" originalText="{meaning}" />'
+    )
+
+
+def _participant(out: list[str], participant: ActiveParticipant) -> None:
+    out.append(f'<ActiveParticipant UserID="{_attribute(xml_text(participant.user_id))}"')
     if participant.alternative_user_id is not None:
-        element.set("AlternativeUserID", xml_text(participant.alternative_user_id))
+        out.append(f' AlternativeUserID="{_attribute(xml_text(participant.alternative_user_id))}"')
     if participant.user_name is not None:
-        element.set("UserName", xml_text(participant.user_name))
-    element.set("UserIsRequestor", "true" if participant.requestor else "false")
+        out.append(f' UserName="{_attribute(xml_text(participant.user_name))}"')
+    out.append(f' UserIsRequestor="{"true" if participant.requestor else "false"}"')
     if participant.network_access_point is not None:
-        element.set("NetworkAccessPointID", xml_text(participant.network_access_point))
-        element.set("NetworkAccessPointTypeCode", participant.network_access_point_type or "1")
+        out.append(
+            f' NetworkAccessPointID="{_attribute(xml_text(participant.network_access_point))}"'
+            f' NetworkAccessPointTypeCode="{participant.network_access_point_type or "1"}"'
+        )
+    if not participant.roles:
+        out.append(" />")
+        return
+    out.append(">")
     for role in participant.roles:
-        _code(element, "RoleIDCode", role)
+        _code(out, "RoleIDCode", role)
+    out.append("</ActiveParticipant>")
 
 
-def _object(parent: Element, item: ParticipantObject) -> None:
-    element = SubElement(parent, "ParticipantObjectIdentification")
-    element.set("ParticipantObjectID", xml_text(item.object_id))
-    element.set("ParticipantObjectTypeCode", item.type_code)
-    element.set("ParticipantObjectTypeCodeRole", item.role)
-    _code(element, "ParticipantObjectIDTypeCode", item.id_type)
+def _object(out: list[str], item: ParticipantObject) -> None:
+    out.append(
+        "<ParticipantObjectIdentification"
+        f' ParticipantObjectID="{_attribute(xml_text(item.object_id))}"'
+        f' ParticipantObjectTypeCode="{_attribute(item.type_code)}"'
+        f' ParticipantObjectTypeCodeRole="{_attribute(item.role)}">'
+    )
+    _code(out, "ParticipantObjectIDTypeCode", item.id_type)
     # The schema requires a name or a query in every participant object.
     if item.query is not None:
-        SubElement(element, "ParticipantObjectQuery").text = base64.b64encode(item.query).decode()
+        _text_element(out, "ParticipantObjectQuery", base64.b64encode(item.query).decode())
     else:
-        SubElement(element, "ParticipantObjectName").text = xml_text(item.name or "")
+        _text_element(out, "ParticipantObjectName", xml_text(item.name or ""))
     for kind, value in item.details:
-        detail = SubElement(element, "ParticipantObjectDetail")
-        detail.set("type", xml_text(kind))
-        detail.set("value", base64.b64encode(value).decode())
+        out.append(
+            f'<ParticipantObjectDetail type="{_attribute(xml_text(kind))}"'
+            f' value="{base64.b64encode(value).decode()}" />'
+        )
     if item.sop_classes:
-        description = SubElement(element, "ParticipantObjectDescription")
+        out.append("<ParticipantObjectDescription>")
         for sop_class in item.sop_classes:
-            sop = SubElement(description, "SOPClass")
+            out.append(
+                f'<SOPClass UID="{_attribute(xml_text(sop_class.uid))}"'
+                f' NumberOfInstances="{sop_class.count}"'
+            )
+            if not sop_class.instances:
+                out.append(" />")
+                continue
+            out.append(">")
             for uid in sop_class.instances:
-                SubElement(sop, "Instance").set("UID", xml_text(uid))
-            sop.set("UID", xml_text(sop_class.uid))
-            sop.set("NumberOfInstances", str(sop_class.count))
+                out.append(f'<Instance UID="{_attribute(xml_text(uid))}" />')
+            out.append("</SOPClass>")
+        out.append("</ParticipantObjectDescription>")
+    out.append("</ParticipantObjectIdentification>")
 
 
 # --- What requests touched -------------------------------------------------------------------

@@ -3,7 +3,8 @@
 Records are appended (``O_APPEND``) and flushed to disk (``fsync``) before the request they
 describe is answered. A writer thread takes every record waiting and makes them durable with
 one write and one flush, so concurrent requests share the cost (group commit, as the index
-does it); each request still waits for its own records. Several server processes may append
+does it); each request still waits for its own records, on an event-loop future the writer
+settles with one loop wake-up per batch. Several server processes may append
 to the same file: each batch is written under an exclusive ``flock``, and a batch that finds
 the file ending in a torn line (a crash in the middle of a write) starts on a new line, so a
 torn line never swallows the next record. Nothing here ever rewrites or truncates a file.
@@ -12,6 +13,7 @@ torn line never swallows the next record. Nothing here ever rewrites or truncate
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import logging
 import os
@@ -19,15 +21,12 @@ import queue
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
-
-from dicomweb_server.futures import settle
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +36,7 @@ FILE_SUFFIX = ".jsonl"
 RETRY_AFTER_FAILURE = 1.0
 _MAX_BATCH_BYTES = 16 * 1024 * 1024
 
-_Job = tuple[Sequence[bytes], Future[None]]
+_Job = tuple[Sequence[bytes], asyncio.AbstractEventLoop, asyncio.Future[None]]
 
 
 class AuditUnavailable(Exception):
@@ -102,9 +101,10 @@ class AuditStore:
         if self._closed:
             raise AuditUnavailable("the audit store is closed")
         self._ensure_started()
-        future: Future[None] = Future()
-        self._jobs.put((lines, future))
-        await asyncio.wrap_future(future)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._jobs.put((lines, loop, future))
+        await future
 
     def append_sync(self, lines: Sequence[bytes]) -> None:
         """Append and flush in the calling thread (start-up, shutdown, command line)."""
@@ -150,14 +150,12 @@ class AuditStore:
                     break
                 jobs.append(job)
                 size += sum(len(line) for line in job[0])
+            error: BaseException | None = None
             try:
-                self._write([line for lines, _ in jobs for line in lines])
+                self._write([line for lines, _, _ in jobs for line in lines])
             except BaseException as exc:  # every waiting request must hear about it
-                for _, future in jobs:
-                    settle(future, exc)
-            else:
-                for _, future in jobs:
-                    settle(future, None)
+                error = exc
+            _answer(jobs, error)
             if stop:
                 return
 
@@ -205,6 +203,28 @@ class AuditStore:
         _fsync_directory(self.directory)
         self._fd, self._day = fd, day
         return fd
+
+
+def _answer(jobs: Sequence[_Job], error: BaseException | None) -> None:
+    """Settle a batch's futures, waking each event loop once for all its waiters."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+    for _, loop, future in jobs:
+        by_loop.setdefault(loop, []).append(future)
+    for loop, futures in by_loop.items():
+        # A closed loop raises RuntimeError: nobody waits for these futures any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_settle_all, futures, error)
+
+
+def _settle_all(futures: Sequence[asyncio.Future[None]], error: BaseException | None) -> None:
+    # Runs in the waiters' loop; a waiter that was cancelled has a done future.
+    for future in futures:
+        if future.done():
+            continue
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
 
 
 # --- Reading ---------------------------------------------------------------------------------

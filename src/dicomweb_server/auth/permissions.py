@@ -68,7 +68,7 @@ ROUTE_PERMISSIONS: dict[tuple[str, str], Permission] = {
     ("DELETE", _INSTANCE): DELETE,
     # Administration
     ("GET", "/admin/audit"): ADMIN,
-    ("GET", "/metrics"): ADMIN,
+    ("GET", "/metrics"): Permission.MONITOR,
 }
 
 

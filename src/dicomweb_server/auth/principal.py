@@ -13,6 +13,8 @@ class Role(StrEnum):
     READER = "reader"
     WRITER = "writer"
     DELETER = "deleter"
+    #: Reads operational metrics only: what a Prometheus scraper is given.
+    MONITOR = "monitor"
     ADMIN = "admin"
 
 
@@ -22,6 +24,7 @@ class Permission(StrEnum):
     READ = "read"
     WRITE = "write"
     DELETE = "delete"
+    MONITOR = "monitor"
     ADMIN = "admin"
 
 
@@ -29,6 +32,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.READER: frozenset({Permission.READ}),
     Role.WRITER: frozenset({Permission.WRITE}),
     Role.DELETER: frozenset({Permission.DELETE}),
+    Role.MONITOR: frozenset({Permission.MONITOR}),
     Role.ADMIN: frozenset(Permission),
 }
 

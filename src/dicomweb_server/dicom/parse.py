@@ -35,7 +35,7 @@ from typing import Any, BinaryIO, cast
 import pydicom
 import pydicom.filereader
 from pydicom.dataelem import DataElement, RawDataElement
-from pydicom.dataset import Dataset, FileDataset
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.uid import UID
 
 from .guards import (
@@ -221,8 +221,7 @@ def parse_instance(
             little=meta.transfer_syntax_uid != EXPLICIT_VR_BIG_ENDIAN,
             max_depth=max_sequence_depth,
         )
-        fp.seek(0)
-        ds = _read(fp, _DEFER_SIZE)
+        ds = _read(fp, head, meta)
         end = fp.tell()
     return _checked_describe(filename, ds, end, size, bulk_data_threshold, bulk_uri)
 
@@ -376,11 +375,41 @@ def _brief(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
 
 
-def _read(fp: BinaryIO, defer_size: int) -> FileDataset:
+def _not_command_set(tag: int, vr: str | None, length: int) -> bool:
+    return tag >> 16 != 0x0000
+
+
+def _read(fp: BinaryIO, head: bytes, meta: FileMeta) -> FileDataset:
+    """Read the data set the way ``dcmread`` does, after the File Meta Information.
+
+    ``dcmread`` would walk group 0002 again, into a dataset of its own, although
+    `read_file_meta` just did and found where the data set starts and its transfer syntax:
+    a sixth of the parse of a typical header. The rest is ``read_partial``'s own steps:
+    Command Set elements (group 0000) first, always implicit VR little endian (PS3.7
+    Section 6.3), then the data set in the encoding of its transfer syntax (PS3.5 Section
+    10: explicit VR little endian unless it says otherwise; deflated data sets go through
+    `_read_deflated`).
+    """
+    uid = meta.transfer_syntax_uid
+    implicit = uid == IMPLICIT_VR_LITTLE_ENDIAN
+    little = uid != EXPLICIT_VR_BIG_ENDIAN
     try:
-        return pydicom.dcmread(fp, defer_size=defer_size)
+        fp.seek(meta.dataset_offset)
+        command_set = pydicom.filereader.read_dataset(
+            fp, is_implicit_VR=True, is_little_endian=True, stop_when=_not_command_set
+        )
+        dataset = pydicom.filereader.read_dataset(
+            fp, is_implicit_VR=implicit, is_little_endian=little, defer_size=_DEFER_SIZE
+        )
     except Exception as exc:  # InvalidDicomError, EOFError, struct.error, OSError, ...
         raise InvalidInstance(CANNOT_UNDERSTAND, f"cannot parse DICOM data: {_brief(exc)}") from exc
+    if command_set:
+        dataset.update(command_set)
+    file_meta = FileMetaDataset()
+    file_meta.TransferSyntaxUID = UID(uid or "")
+    ds = FileDataset(fp, dataset, head[:128], file_meta, implicit, little)
+    ds.set_original_encoding(implicit, little, dataset._character_set)
+    return ds
 
 
 def _text(elem: DataElement | RawDataElement) -> str:

@@ -97,8 +97,9 @@ maximum is clipped; when further matches exist beyond the page the PS3.18 8.3.4.
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -126,6 +127,7 @@ _PATIENT_STUDIES, _PATIENT_SERIES, _PATIENT_INSTANCES = "00201200", "00201202", 
 _STUDY_COUNTS: Final = frozenset({_MODALITIES, _STUDY_SERIES, _STUDY_INSTANCES})
 _PATIENT_COUNTS: Final = frozenset({_PATIENT_STUDIES, _PATIENT_SERIES, _PATIENT_INSTANCES})
 _STUDY_COMPUTED: Final = _STUDY_COUNTS | _PATIENT_COUNTS | {_SOP_CLASSES}
+_COMPUTED_TAGS: Final = _STUDY_COMPUTED | {_SERIES_INSTANCES, _RETRIEVE_URL, _AVAILABILITY}
 
 #: PS3.18 Table 10.6.3-3, and the attributes of type R there (returned even when empty).
 STUDY_RESULT: Final = (
@@ -166,6 +168,20 @@ def _tag_level(tag: str, level: QueryLevel) -> QueryLevel:
     return QueryLevel.INSTANCE
 
 
+#: Where one returned attribute comes from: the index of its source in
+#: :attr:`_Plan.source_order`, or :data:`_COMPUTED` for attributes the search computes.
+_COMPUTED: Final = -1
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """How to produce one returned attribute; decided once per query, applied to every row."""
+
+    tag: str
+    source: int  # index into the page's parsed sources, or _COMPUTED
+    empty: dict[str, Any] | None  # returned when the entity has no value (type R / matching)
+
+
 @dataclass(frozen=True, slots=True)
 class _Plan:
     """What one search has to fetch and compute, decided once per query."""
@@ -173,6 +189,10 @@ class _Plan:
     tags: tuple[str, ...]  # attributes to look up for each result
     required: frozenset[str]  # returned with an empty value when the entity has none
     sources: frozenset[QueryLevel]  # whose stored attribute blobs the page query selects
+    # The results' recipe in tag order, so that a result is built in the order DICOM JSON
+    # lists attributes, without a per-row lookup of levels or VRs nor a sort.
+    source_order: tuple[QueryLevel, ...] = ()
+    steps: tuple[_Step, ...] = ()
 
     def wants(self, *tags: str) -> bool:
         return any(tag in self.tags for tag in tags)
@@ -185,35 +205,65 @@ def _plan(query: ParsedQuery) -> _Plan:
     study attributes for ``/series`` and ``/instances``, the series attributes for
     ``/instances`` and ``/studies/{s}/instances`` (PS3.18 10.6.3.3.2 and 10.6.3.3.3).
     """
-    level = query.level
+    return _cached_plan(
+        query.level,
+        query.study_uid is None,
+        query.series_uid is None,
+        query.include_all,
+        query.match_tags,
+        query.include_tags,
+    )
+
+
+# A plan depends only on which attributes are asked for, not on the values matched, so the
+# few shapes a client sends are planned once per process instead of once per request.
+@functools.lru_cache(maxsize=512)
+def _cached_plan(
+    level: QueryLevel,
+    no_study_uid: bool,
+    no_series_uid: bool,
+    include_all: bool,
+    match_tags: frozenset[str],
+    include_tags: frozenset[str],
+) -> _Plan:
     defaults: list[str] = []
-    required: set[str] = set(query.match_tags)
-    if level is QueryLevel.STUDY or query.study_uid is None:
+    required: set[str] = set(match_tags)
+    if level is QueryLevel.STUDY or no_study_uid:
         defaults += STUDY_RESULT
         required |= STUDY_REQUIRED
-    if level is QueryLevel.SERIES or (level is QueryLevel.INSTANCE and query.series_uid is None):
+    if level is QueryLevel.SERIES or (level is QueryLevel.INSTANCE and no_series_uid):
         defaults += SERIES_RESULT
         required |= SERIES_REQUIRED
     if level is QueryLevel.INSTANCE:
         defaults += INSTANCE_RESULT
-    if query.include_all and level is QueryLevel.STUDY:
+    if include_all and level is QueryLevel.STUDY:
         defaults += sorted(_STUDY_COUNTS | {_SOP_CLASSES})
-    if query.include_all and level is QueryLevel.SERIES:
+    if include_all and level is QueryLevel.SERIES:
         defaults.append(_SERIES_INSTANCES)
-    wanted = [*defaults, *sorted(query.match_tags), *sorted(query.include_tags)]
+    wanted = [*defaults, *sorted(match_tags), *sorted(include_tags)]
     # PS3.18 10.6.3.3: attributes of levels below the one searched are never returned.
     tags = tuple(
         tag for tag in dict.fromkeys(wanted) if _tag_level(tag, level).depth <= level.depth
     )
-    sources = {
-        _tag_level(tag, level)
-        for tag in tags
-        if tag not in _STUDY_COMPUTED
-        and tag not in (_SERIES_INSTANCES, _RETRIEVE_URL, _AVAILABILITY)
-    }
-    if query.include_all:
+    sources = {_tag_level(tag, level) for tag in tags if tag not in _COMPUTED_TAGS}
+    if include_all:
         sources.add(level)
-    return _Plan(tags=tags, required=frozenset(required), sources=frozenset(sources))
+    source_order = tuple(sorted(sources, key=lambda item: item.depth))
+    steps = tuple(
+        _Step(
+            tag,
+            _COMPUTED if tag in _COMPUTED_TAGS else source_order.index(_tag_level(tag, level)),
+            _empty(tag) if tag in required else None,
+        )
+        for tag in sorted(tags)
+    )
+    return _Plan(
+        tags=tags,
+        required=frozenset(required),
+        sources=frozenset(sources),
+        source_order=source_order,
+        steps=steps,
+    )
 
 
 # -- computed attributes, one GROUP BY per page -----------------------------------------------
@@ -346,43 +396,64 @@ class _Context:
     studies: Mapping[int, _StudyFacts]
     series_counts: Mapping[int, int]
     patients: Mapping[str, tuple[int, int, int]]
-    # Parsed attribute blobs by (level, primary key): the instances of one series share
+    # Positions in the page's rows of (primary key, attribute blob) of each plan source.
+    source_columns: tuple[tuple[int, int], ...]
+    # Parsed attribute blobs by (source, primary key): the instances of one series share
     # their series' and study's blobs, which are then parsed once per page.
-    parsed: dict[tuple[QueryLevel, int], dict[str, Any]] = field(default_factory=dict)
+    parsed: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)
 
 
-def _retrieve_url(context: _Context, row: Row[Any]) -> str:
+#: Builds one computed attribute of one result row (None: the entity has no value).
+_Compute = Callable[["_Context", Row[Any]], dict[str, Any] | None]
+
+
+def _retrieve_url(context: _Context, row: Row[Any]) -> dict[str, Any] | None:
     url = f"{context.base_url}/studies/{row.study_uid}"
     if context.query.level is not QueryLevel.STUDY:
         url += f"/series/{row.series_uid}"
     if context.query.level is QueryLevel.INSTANCE:
         url += f"/instances/{row.sop_uid}"
-    return url
+    return {"vr": "UR", "Value": [url]}
 
 
-def _computed(context: _Context, row: Row[Any], tag: str) -> dict[str, Any] | None:
-    if tag == _RETRIEVE_URL:
-        return _attribute("UR", [_retrieve_url(context, row)])
-    if tag == _AVAILABILITY:
-        # Every indexed instance is stored here and retrievable at once: Defined Term ONLINE.
-        return _attribute("CS", ["ONLINE"])
-    if tag == _SERIES_INSTANCES:
-        return _attribute("IS", [context.series_counts.get(row.series_pk, 0)])
-    if tag in _PATIENT_COUNTS:
-        patient_id = row._mapping.get("patient_id")
+def _availability(_context: _Context, _row: Row[Any]) -> dict[str, Any] | None:
+    # Every indexed instance is stored here and retrievable at once: Defined Term ONLINE.
+    return {"vr": "CS", "Value": ["ONLINE"]}
+
+
+def _series_instances(context: _Context, row: Row[Any]) -> dict[str, Any] | None:
+    return {"vr": "IS", "Value": [context.series_counts.get(row.series_pk, 0)]}
+
+
+def _patient_count(index: int) -> _Compute:
+    def compute(context: _Context, row: Row[Any]) -> dict[str, Any] | None:
+        patient_id = row.patient_id
         counts = context.patients.get(patient_id) if patient_id else None
-        if counts is None:
-            return None
-        index = (_PATIENT_STUDIES, _PATIENT_SERIES, _PATIENT_INSTANCES).index(tag)
-        return _attribute("IS", [counts[index]])
-    facts = context.studies.get(row.study_pk) or _StudyFacts()
-    if tag == _MODALITIES:
-        return _attribute("CS", sorted(facts.modalities))
-    if tag == _SOP_CLASSES:
-        return _attribute("UI", sorted(facts.sop_classes))
-    if tag == _STUDY_SERIES:
-        return _attribute("IS", [facts.series])
-    return _attribute("IS", [facts.instances])
+        return None if counts is None else {"vr": "IS", "Value": [counts[index]]}
+
+    return compute
+
+
+_NO_FACTS: Final = _StudyFacts()
+
+
+def _facts(context: _Context, row: Row[Any]) -> _StudyFacts:
+    return context.studies.get(row.study_pk) or _NO_FACTS
+
+
+#: How each computed attribute is produced for one result row.
+_COMPUTE: Final[dict[str, _Compute]] = {
+    _RETRIEVE_URL: _retrieve_url,
+    _AVAILABILITY: _availability,
+    _SERIES_INSTANCES: _series_instances,
+    _PATIENT_STUDIES: _patient_count(0),
+    _PATIENT_SERIES: _patient_count(1),
+    _PATIENT_INSTANCES: _patient_count(2),
+    _MODALITIES: lambda c, r: _attribute("CS", sorted(_facts(c, r).modalities)),
+    _SOP_CLASSES: lambda c, r: _attribute("UI", sorted(_facts(c, r).sop_classes)),
+    _STUDY_SERIES: lambda c, r: {"vr": "IS", "Value": [_facts(c, r).series]},
+    _STUDY_INSTANCES: lambda c, r: {"vr": "IS", "Value": [_facts(c, r).instances]},
+}
 
 
 _SOURCE_COLUMNS: Final = {
@@ -397,39 +468,50 @@ _KEY_COLUMNS: Final = {
 }
 
 
-def _source(context: _Context, row: Row[Any], level: QueryLevel) -> dict[str, Any]:
-    """The stored DICOM JSON of the row's entity at `level`, parsed once per page."""
-    mapping = row._mapping
-    key = (level, int(mapping[_KEY_COLUMNS[level]]))
+def _source(context: _Context, row: Row[Any], index: int) -> dict[str, Any]:
+    """The stored DICOM JSON of the row's entity for source `index`, parsed once per page.
+
+    Columns are read by position (found once per page), which is much cheaper per row than
+    a lookup by name.
+    """
+    key_position, blob_position = context.source_columns[index]
+    key = (index, row[key_position])
     found = context.parsed.get(key)
     if found is None:
-        found = orjson.loads(mapping[_SOURCE_COLUMNS[level]])
+        found = orjson.loads(row[blob_position])
         context.parsed[key] = found
     return found
 
 
-_COMPUTED_TAGS: Final = _STUDY_COMPUTED | {_SERIES_INSTANCES, _RETRIEVE_URL, _AVAILABILITY}
-
-
 def _result(context: _Context, row: Row[Any]) -> dict[str, Any]:
-    level = context.query.level
-    sources = {source: _source(context, row, source) for source in context.plan.sources}
+    """One result, built by following the plan's steps, which are in tag order.
+
+    Stored attributes are passed through as parsed (only values holding bulk data
+    references, or sequences that may hold them in items, are copied and filtered).
+    """
+    plan = context.plan
+    sources = [_source(context, row, index) for index in range(len(plan.source_order))]
     result: dict[str, Any] = {}
     if context.query.include_all:
-        for tag, value in sources[level].items():
+        for tag, value in sources[plan.source_order.index(context.query.level)].items():
             cleaned = _without_bulk(value, drop_inline=True)
             if cleaned is not None:
                 result[tag] = cleaned
-    for tag in context.plan.tags:
-        if tag in _COMPUTED_TAGS:
-            value = _computed(context, row, tag)
+    for step in plan.steps:
+        if step.source == _COMPUTED:
+            value = _COMPUTE[step.tag](context, row)
         else:
-            value = _without_bulk(sources[_tag_level(tag, level)].get(tag), drop_inline=False)
+            value = sources[step.source].get(step.tag)
+            if value is not None and (
+                type(value) is not dict or "BulkDataURI" in value or value.get("vr") == "SQ"
+            ):
+                value = _without_bulk(value, drop_inline=False)
         if value is not None:
-            result[tag] = value
-        elif tag in context.plan.required:
-            result[tag] = _empty(tag)
-    return dict(sorted(result.items()))
+            result[step.tag] = value
+        elif step.empty is not None:
+            result[step.tag] = dict(step.empty)
+    # The steps are in tag order; only the attributes of includefield=all come unordered.
+    return dict(sorted(result.items())) if context.query.include_all else result
 
 
 # -- the search ------------------------------------------------------------------------------
@@ -479,7 +561,7 @@ def _page_columns(query: ParsedQuery, plan: _Plan) -> list[Any]:
         QueryLevel.SERIES: Series.attributes,
         QueryLevel.INSTANCE: Instance.metadata_json,
     }
-    for source in sorted(plan.sources, key=lambda item: item.depth):
+    for source in plan.source_order:
         columns.append(blobs[source].label(_SOURCE_COLUMNS[source]))
     return columns
 
@@ -512,8 +594,14 @@ def search(session: Session, query: ParsedQuery, *, base_url: str) -> SearchResu
     """
     plan = _plan(query)
     clauses = where_clauses(query)
+    columns = _page_columns(query, plan)
+    names = [column.key for column in columns]
+    source_columns = tuple(
+        (names.index(_KEY_COLUMNS[source]), names.index(_SOURCE_COLUMNS[source]))
+        for source in plan.source_order
+    )
     page = (
-        select_level(query, clauses, *_page_columns(query, plan))
+        select_level(query, clauses, *columns)
         .order_by(_PRIMARY_KEYS[query.level])
         .limit(query.limit + 1)
         .offset(query.offset)
@@ -543,6 +631,7 @@ def search(session: Session, query: ParsedQuery, *, base_url: str) -> SearchResu
             if plan.wants(*_PATIENT_COUNTS)
             else {}
         ),
+        source_columns=source_columns,
     )
     warnings = list(query.warnings)
     if remaining:

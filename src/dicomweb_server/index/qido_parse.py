@@ -9,6 +9,7 @@ and refusing a key is better than answering a different question than was asked.
 from __future__ import annotations
 
 import datetime
+import functools
 import re
 from collections.abc import Sequence
 from typing import Final
@@ -42,6 +43,9 @@ __all__ = ["parse_query"]
 _HEX_TAG = re.compile(r"[0-9A-Fa-f]{8}")
 
 
+# The data dictionary never changes while the process runs, and clients repeat the same
+# few names (OHIF sends its includefield list with every search): look each up once.
+@functools.lru_cache(maxsize=1024)
 def _resolve_token(token: str) -> str | None:
     """The 8-digit upper-case tag of a keyword or tag known to the data dictionary, or None.
 

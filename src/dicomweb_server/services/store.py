@@ -3,10 +3,11 @@
 Every instance goes the same way, whether it came in a STOW-RS request or from
 ``dicomweb-server import``:
 
-1. its bytes are written to a staging file while being hashed, then fsync'd;
+1. its bytes are written to a staging file while being hashed;
 2. the staging file is parsed once and everything later reads need is computed
    (:func:`dicomweb_server.dicom.parse.parse_instance`);
-3. the blob keys of a batch are committed to the index as *intents*;
+3. the blob keys of a batch are committed to the index as *intents* (meanwhile a filesystem
+   store fsyncs the staging files);
 4. each blob is committed to the store (atomic rename, directory fsync);
 5. the instance rows are inserted and the intents removed in one transaction.
 
@@ -28,7 +29,7 @@ from dicomweb_server.dicom import status
 from dicomweb_server.dicom.parse import InvalidInstance, ParsedInstance, parse_instance
 from dicomweb_server.errors import StorageError
 from dicomweb_server.index import repository
-from dicomweb_server.index.records import build_record
+from dicomweb_server.index.records import InstanceRecord, build_record
 from dicomweb_server.index.repository import SeriesStudyMismatch, StoredBlob
 from dicomweb_server.index.transient import retrying
 from dicomweb_server.services.archive import Archive
@@ -172,6 +173,9 @@ def commit_batch(
 
 def _commit(archive: Archive, todo: Sequence[PreparedPart], connection: Connection) -> None:
     uids = [part.outcome.sop_instance_uid or "" for part in todo]
+    # The store's flush of the staged bytes (if it needs one) overlaps the intents
+    # transaction's own flush: neither waits for the other.
+    synced = archive.blobs.start_sync([part.staged for part in todo if part.staged])
     with connection.begin():
         existing = repository.stored_states(connection, uids)
         pending = [
@@ -189,7 +193,10 @@ def _commit(archive: Archive, todo: Sequence[PreparedPart], connection: Connecti
     if not pending:
         return
     try:
-        archive.blobs.commit_all([(part.staged, keys[id(part)]) for part in pending if part.staged])
+        synced()
+        archive.blobs.commit_all(
+            [(part.staged, keys[id(part)]) for part in pending if part.staged], synced=True
+        )
     except BaseException:
         # No row will reference any blob of this attempt: drop those that made it, so the
         # failure leaves nothing for a lease to expire on (best effort; the intents stay
@@ -259,49 +266,72 @@ def _insert_rows(
         if repository.remove_intents(connection, list(keys.values())) != len(keys):
             raise LeaseLapsed
         cache = repository.LevelCache()
+        resolved: list[tuple[PreparedPart, str, int, InstanceRecord, StoredBlob]] = []
         for part in pending:
-            _insert_one(archive, connection, part, keys[id(part)], cache, discarded, replaced)
+            assert part.parsed is not None and part.staged is not None
+            key = keys[id(part)]
+            record = build_record(part.parsed.metadata, part.parsed.transfer_syntax_uid)
+            try:
+                series_pk = repository.series_key(connection, record, cache)
+            except SeriesStudyMismatch:
+                _refused_series(part.outcome)
+                discarded.append(key)
+                continue
+            resolved.append(
+                (part, key, series_pk, record, _blob_row(part.parsed, part.staged, key))
+            )
+        inserted = repository.insert_instances(
+            connection, [(series_pk, record, blob) for _, _, series_pk, record, blob in resolved]
+        )
+        for (part, key, _, record, blob), created in zip(resolved, inserted, strict=True):
+            if created:
+                part.outcome.stored = True
+            else:
+                _settle_conflict(
+                    archive, connection, part, key, record, blob, cache, discarded, replaced
+                )
         repository.add_intents(connection, discarded, archive.worker_id)
     return discarded, replaced
 
 
-def _insert_one(
+def _refused_series(outcome: StoreOutcome) -> None:
+    outcome.failure_reason = status.DATASET_DOES_NOT_MATCH_SOP_CLASS
+    outcome.message = (
+        f"Series Instance UID {outcome.series_instance_uid} is already stored in another study"
+    )
+
+
+def _settle_conflict(
     archive: Archive,
     connection: Connection,
     part: PreparedPart,
     key: str,
+    record: InstanceRecord,
+    blob: StoredBlob,
     cache: repository.LevelCache,
     discarded: list[str],
     replaced: list[str],
 ) -> None:
-    assert part.parsed is not None and part.staged is not None
-    parsed, outcome = part.parsed, part.outcome
-    record = build_record(parsed.metadata, parsed.transfer_syntax_uid)
-    blob = _blob_row(parsed, part.staged, key)
-    try:
-        if repository.insert_instance(connection, record, blob, cache):
-            outcome.stored = True
-            return
-        # Stored meanwhile by a concurrent request, or already there when overwriting.
-        existing = repository.stored_states(connection, [parsed.sop_instance_uid])
-        state = existing.get(parsed.sop_instance_uid)
-        if state is not None and state.sha256 == blob.sha256:
-            outcome.stored = outcome.already_present = True
-            discarded.append(key)
-        elif state is not None and archive.settings.allow_overwrite:
+    """A part whose row was not inserted: stored meanwhile, or already there when overwriting."""
+    uid = record.instance.sop_instance_uid
+    outcome = part.outcome
+    state = repository.stored_states(connection, [uid]).get(uid)
+    if state is not None and state.sha256 == blob.sha256:
+        outcome.stored = outcome.already_present = True
+        discarded.append(key)
+    elif state is not None and archive.settings.allow_overwrite:
+        try:
             repository.add_intents(connection, [state.blob_key], archive.worker_id)
             repository.replace_instance(connection, state.pk, record, blob, cache)
-            replaced.append(state.blob_key)
-            outcome.stored = True
-        else:
-            _refused_duplicate(
-                outcome, "a different instance with this SOP Instance UID was stored meanwhile"
-            )
+        except SeriesStudyMismatch:
+            _refused_series(outcome)
             discarded.append(key)
-    except SeriesStudyMismatch:
-        outcome.failure_reason = status.DATASET_DOES_NOT_MATCH_SOP_CLASS
-        outcome.message = (
-            f"Series Instance UID {parsed.series_instance_uid} is already stored in another study"
+            return
+        replaced.append(state.blob_key)
+        outcome.stored = True
+    else:
+        _refused_duplicate(
+            outcome, "a different instance with this SOP Instance UID was stored meanwhile"
         )
         discarded.append(key)
 

@@ -16,11 +16,17 @@ import secrets
 import shutil
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
+
+_T = TypeVar("_T")
+
+
+def _done() -> None:
+    """Nothing to wait for."""
 
 
 class BlobStoreConfigurationError(Exception):
@@ -32,7 +38,13 @@ class BlobStoreConfigurationError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class StagedBlob:
-    """A fully written, fsync'd staging file and what was learnt while writing it."""
+    """A fully written staging file and what was learnt while writing it.
+
+    Its bytes are not yet durable: a staging file is worthless after a crash (staging folders
+    are cleared at start-up), so only a store that keeps the file itself makes it durable,
+    when committing it (:meth:`BlobStore.start_sync`). Ingest then pays no flush of its own
+    before parsing, and a remote store none at all.
+    """
 
     path: Path
     sha256: str
@@ -69,9 +81,7 @@ class StagingWriter:
         self._file.writelines(chunks)
 
     def finish(self) -> StagedBlob:
-        """Flush and fsync: after this the staged bytes survive a crash."""
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        """Close the file; making it durable is the store's part of committing it."""
         self._file.close()
         return StagedBlob(self._path, self._hash.hexdigest(), self._size)
 
@@ -189,25 +199,47 @@ class BlobStore(ABC):
             return "blob staging folder missing"
         return None
 
-    def commit_all(self, items: Sequence[tuple[StagedBlob, str]]) -> None:
-        """Commit several staged blobs at once; raises the first failure after all settled.
-
-        Each commit waits on the disk or the network (an fsync, an upload), so a batch is
-        committed side by side on a few threads rather than one after another.
-        """
-        if len(items) <= 1:
-            for staged, key in items:
-                self.commit(staged, key)
-            return
+    def _executor(self) -> ThreadPoolExecutor:
         with self._pool_lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(COMMIT_THREADS, thread_name_prefix="blob-commit")
-            pool = self._pool
-        futures = [pool.submit(self.commit, staged, key) for staged, key in items]
+            return self._pool
+
+    def run_all(self, task: Callable[[_T], object], items: Iterable[_T]) -> None:
+        """Run ``task`` on every item side by side; raises the first failure after all settled.
+
+        For work that waits on the disk or the network (fsyncs, uploads), so that a batch
+        waits about as long as its slowest item rather than the sum of them all.
+        """
+        items = list(items)
+        if len(items) <= 1:
+            for item in items:
+                task(item)
+            return
+        futures = [self._executor().submit(task, item) for item in items]
         errors = [future.exception() for future in futures]
         for error in errors:
             if error is not None:
                 raise error
+
+    def start_sync(self, staged: Sequence[StagedBlob]) -> Callable[[], None]:
+        """Start whatever must happen to staged files before they can be committed.
+
+        Returns a function that waits for it and raises its first failure. The caller runs
+        other work meanwhile (the index transaction that records intents), so a flush that
+        commit needs costs no time of its own. Nothing here may make a blob visible under a
+        key. The default has nothing to do: an upload reads the file, durable or not.
+        """
+        return _done
+
+    def commit_all(self, items: Sequence[tuple[StagedBlob, str]], *, synced: bool = False) -> None:
+        """Commit several staged blobs at once; raises the first failure after all settled.
+
+        ``synced`` says that :meth:`start_sync` already ran for these staging files. Each
+        commit waits on the disk or the network (an fsync, an upload), so a batch is
+        committed side by side on a few threads rather than one after another.
+        """
+        self.run_all(lambda item: self.commit(*item), items)
 
     @abstractmethod
     def commit(self, staged: StagedBlob, key: str) -> None:

@@ -17,6 +17,7 @@ from dicomweb_server.api.byte_ranges import (
     MAX_RANGE_HEADER_LENGTH,
     MAX_RANGES,
     ByteRange,
+    PartsResponse,
     if_range_allows,
     parse_range,
     range_response,
@@ -513,3 +514,47 @@ def test_a_shorter_blob_fails_the_response(header: str | None) -> None:
 def test_negative_length_is_refused() -> None:
     with pytest.raises(ValueError, match="negative"):
         range_response({}, length=-1, etag=ETAG, media_type=MEDIA_TYPE, read=Blob(b"").read)
+
+
+# --- PartsResponse ----------------------------------------------------------------------------
+
+
+def test_parts_response_sends_each_piece_under_one_content_length() -> None:
+    messages: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, object]) -> None:
+        messages.append(message)
+
+    payload = b"x" * 1000
+    response = PartsResponse(
+        [b"--b\r\n\r\n", payload, b"", b"\r\n--b--\r\n"],
+        media_type="multipart/related",
+        headers={"ETag": '"e"', "Content-Length": "1"},
+    )
+    scope = {"type": "http", "method": "GET", "path": "/", "headers": []}
+    asyncio.run(response(scope, receive, send))  # type: ignore[arg-type]
+    start, *bodies = messages
+    headers = dict(start["headers"])  # type: ignore[call-overload]
+    # A caller's Content-Length never contradicts the pieces sent; empty pieces are skipped.
+    assert headers[b"content-length"] == str(len(payload) + 7 + 9).encode()
+    assert headers[b"etag"] == b'"e"'
+    assert [message["more_body"] for message in bodies] == [True, True, False]
+    assert bodies[1]["body"] is payload  # sent as it is, never copied into a joined body
+    assert b"".join(message["body"] for message in bodies) == (  # type: ignore[misc]
+        b"--b\r\n\r\n" + payload + b"\r\n--b--\r\n"
+    )
+
+
+def test_parts_response_without_pieces_is_an_empty_body() -> None:
+    messages: list[dict[str, object]] = []
+
+    async def send(message: dict[str, object]) -> None:
+        messages.append(message)
+
+    response = PartsResponse([], media_type="application/dicom")
+    asyncio.run(response({"type": "http"}, None, send))  # type: ignore[arg-type]
+    assert dict(messages[0]["headers"])[b"content-length"] == b"0"  # type: ignore[call-overload]
+    assert messages[1] == {"type": "http.response.body", "body": b""}

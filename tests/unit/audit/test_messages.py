@@ -381,3 +381,51 @@ def test_outcome_of_status() -> None:
 )
 def test_the_schema_rejects_invalid_messages(broken: str) -> None:
     assert not schema().validate(etree.fromstring(broken))
+
+
+def test_markup_and_control_characters_survive_serialisation() -> None:
+    # The XML is written as text, not through a tree: every value must come back unchanged
+    # (newlines in attributes as character references), and the document must stay valid.
+    tricky = "a&b <c> \"d\" 'e'\r\n\tf"
+    user = ActiveParticipant(
+        user_id=tricky, requestor=True, alternative_user_id=tricky, network_access_point="host"
+    )
+    group = m.PatientGroup(m.Patient(tricky, tricky), {"1.2.3": {CT: ["1.2.3.4"]}})
+    message = m.instances_accessed(
+        action="R",
+        outcome=m.MINOR_FAILURE,
+        time=TIME,
+        source_id=tricky,
+        participants=(user, ARCHIVE),
+        group=group,
+        description=tricky,
+    )
+    root = validate(message.to_xml())
+    participant = root.find("ActiveParticipant")
+    assert participant is not None
+    assert participant.get("UserID") == tricky
+    assert participant.get("AlternativeUserID") == tricky
+    source = root.find("AuditSourceIdentification")
+    assert source is not None and source.get("AuditSourceID") == tricky
+    # Character data keeps tab and LF; XML parsers normalise a CR in text to LF (XML 2.11).
+    description = event(root).findtext("EventOutcomeDescription")
+    assert description == tricky.replace("\r\n", "\n")
+    patient = objects(root)[-1]
+    assert patient.get("ParticipantObjectID") == tricky
+    assert patient.findtext("ParticipantObjectName") == tricky.replace("\r\n", "\n")
+
+
+def test_empty_elements_are_written_in_short_form() -> None:
+    group = m.PatientGroup(m.Patient("", ""), {"1.2.3": {CT: []}})
+    message = m.instances_accessed(
+        action="R",
+        outcome=m.SUCCESS,
+        time=TIME,
+        source_id="host",
+        participants=(USER, ARCHIVE),
+        group=group,
+    )
+    text = message.to_xml()
+    validate(text)
+    assert "<ParticipantObjectName />" in text
+    assert f'<SOPClass UID="{CT}" NumberOfInstances="0" />' in text

@@ -6,6 +6,7 @@ import asyncio
 import errno
 import os
 import threading
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -193,3 +194,55 @@ def test_a_closed_store_refuses(tmp_path: Path) -> None:
     store.close()
     with pytest.raises(AuditUnavailable):
         asyncio.run(store.append([line(n=1)]))
+
+
+def test_a_waiter_that_gave_up_does_not_stop_the_writer(tmp_path: Path) -> None:
+    store = AuditStore(tmp_path)
+    written = threading.Event()
+    release = threading.Event()
+    real_write = store._write
+
+    def slow_write(lines: Sequence[bytes]) -> None:
+        release.wait(5)
+        real_write(lines)
+        written.set()
+
+    store._write = slow_write  # type: ignore[method-assign]
+
+    async def main() -> None:
+        waiter = asyncio.ensure_future(store.append([line(n=1)]))
+        await asyncio.sleep(0.05)
+        waiter.cancel()  # the request went away while its record was being written
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        assert written.wait(5)
+        await store.append([line(n=2)])
+
+    asyncio.run(main())
+    store.close()
+    # The record of a request that went away is still written: it was accepted.
+    assert [record["n"] for record in read_records(tmp_path)] == [1, 2]
+
+
+def test_waiters_on_several_event_loops_are_all_answered(tmp_path: Path) -> None:
+    store = AuditStore(tmp_path)
+    errors: list[BaseException] = []
+
+    def worker(index: int) -> None:
+        async def main() -> None:
+            await asyncio.gather(*(store.append([line(n=index * 100 + n)]) for n in range(20)))
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # reported below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(index,)) for index in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    store.close()
+    assert not errors
+    assert len(read_records(tmp_path)) == 60

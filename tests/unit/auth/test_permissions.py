@@ -8,13 +8,15 @@ from dicomweb_server.auth.permissions import PUBLIC_PATHS, ROUTE_PERMISSIONS, ta
 from dicomweb_server.auth.principal import ANONYMOUS, Permission, Principal, Role
 
 READ, WRITE, DELETE, ADMIN = Permission.READ, Permission.WRITE, Permission.DELETE, Permission.ADMIN
+MONITOR = Permission.MONITOR
 
 #: docs/security.md, written out independently of ROLE_PERMISSIONS.
 GRANTS = {
     Role.READER: {READ},
     Role.WRITER: {WRITE},
     Role.DELETER: {DELETE},
-    Role.ADMIN: {READ, WRITE, DELETE, ADMIN},
+    Role.MONITOR: {MONITOR},
+    Role.ADMIN: {READ, WRITE, DELETE, MONITOR, ADMIN},
 }
 
 

@@ -129,17 +129,24 @@ def test_a_blob_store_error_is_counted_before_and_after_the_response_started(
     try:
         frame = client.get(f"{path}/frames/1", headers={"Accept": "application/octet-stream"})
         assert frame.status_code == 503
-        # The status and Content-Length went out before the read failed: the body ends early.
-        cut = client.get(path, headers={"Accept": "application/dicom; transfer-syntax=*"})
-        assert cut.status_code == 200
+        # A whole instance is read before the response starts: a clean 503.
+        whole = client.get(path, headers={"Accept": "application/dicom; transfer-syntax=*"})
+        assert whole.status_code == 503
+        # A range streams: the status and Content-Length went out before the read failed,
+        # so the body ends early.
+        cut = client.get(
+            path, headers={"Accept": "application/dicom; transfer-syntax=*", "Range": "bytes=0-"}
+        )
+        assert cut.status_code == 206
         assert len(cut.content) < int(cut.headers["content-length"])
     finally:
         del blobs.read_range, blobs.iter_range
     after = scrape(client)
-    assert after.value("dicomweb_blob_store_errors_total") == 2
+    assert after.value("dicomweb_blob_store_errors_total") == 3
     assert after.value("dicomweb_index_errors_total") == 0
     assert after.requests("frames", 503) == 1
-    assert after.requests("wado-instance", 200) == 1  # the status that went out
+    assert after.requests("wado-instance", 503) == 1
+    assert after.requests("wado-instance", 206) == 1  # the status that went out
 
 
 def test_metrics_off_removes_route_and_counting(tmp_path: Path) -> None:

@@ -40,7 +40,7 @@ def test_every_route_has_a_transaction(root: str, tmp_path: Path) -> None:
 
 
 def test_the_permission_and_audit_tables_know_metrics() -> None:
-    assert ROUTE_PERMISSIONS[("GET", "/metrics")] is Permission.ADMIN
+    assert ROUTE_PERMISSIONS[("GET", "/metrics")] is Permission.MONITOR
     # Scrapes are not audited (no patient data), but refused ones still are (401 / 403).
     assert ("GET", "/metrics") in NOT_AUDITED
     assert ("GET", "/metrics") not in ROUTE_KINDS

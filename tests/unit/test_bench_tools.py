@@ -1,0 +1,125 @@
+"""The benchmark's pure helpers (scripts/benchlib): what its verdicts and workload rest on."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from pathlib import Path
+
+import pydicom
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+
+from benchlib.client import Response, percentile_ms
+from benchlib.large_index import cpu_per_instance, tail_rates
+from benchlib.multipart import STOW_CONTENT_TYPE, parts, stow_body
+from benchlib.qido import LIMIT, Query, QueryMix
+from benchlib.report import Figures, Scenario
+from benchlib.servers import ORTHANC_NAME, OURS
+from benchlib.workload import UID_WIDTH, SmallInstance, make_studies, uid
+
+
+def test_percentile_is_nearest_rank() -> None:
+    latencies = [n / 1000 for n in range(1, 101)]
+    assert percentile_ms(latencies, 0.5) == pytest.approx(50)
+    assert percentile_ms(latencies, 0.99) == pytest.approx(99)
+    assert percentile_ms([0.002], 0.99) == pytest.approx(2)
+
+
+def test_tail_rates_compare_first_and_last_tenth() -> None:
+    # 100 requests of 10 instances, one per second for the first half, two per second after.
+    completions = [(float(n + 1), 10) for n in range(50)]
+    completions += [(50 + (n + 1) / 2, 10) for n in range(50)]
+    first, last = tail_rates(completions, 1000)
+    assert first == pytest.approx(10.0)
+    assert last == pytest.approx(20.0, rel=0.1)
+
+
+def test_stow_body_splits_back_into_its_instances() -> None:
+    instances = [b"first\r\n--not-a-boundary", b"second"]
+    found = parts(stow_body(instances), STOW_CONTENT_TYPE)
+    assert [content for _, content in found] == instances
+    assert all(headers["content-type"] == "application/dicom" for headers, _ in found)
+
+
+def test_uids_have_a_fixed_width() -> None:
+    assert len(uid(10, 0)) == len(uid(99, 8 * 10**12)) == UID_WIDTH
+    with pytest.raises(ValueError):
+        uid(9, 0)
+
+
+def test_template_instances_read_back_with_their_values() -> None:
+    study = make_studies(5, kind=30)[3]
+    data = SmallInstance().instance(study, kind=30, number=7, per_series=5)
+    ds = pydicom.dcmread(io.BytesIO(data))
+    assert ds.StudyInstanceUID == study.study_uid
+    assert ds.SOPInstanceUID == ds.file_meta.MediaStorageSOPInstanceUID == uid(32, 3007)
+    assert ds.SeriesInstanceUID == uid(31, 301)
+    assert str(ds.PatientName) == study.patient_name
+    assert (ds.PatientID, ds.AccessionNumber) == (study.patient_id, study.accession)
+    assert (ds.Modality, ds.StudyDate, ds.PatientSex) == (
+        study.modality,
+        study.study_date,
+        study.sex,
+    )
+    assert (int(ds.SeriesNumber), int(ds.InstanceNumber)) == (2, 8)
+
+
+def test_query_mix_knows_every_matching_study() -> None:
+    studies = make_studies(300, kind=30)
+    mix = QueryMix(studies, count=60)
+    for query in mix.queries:
+        name, value = query.params[0]
+        if name == "PatientID":
+            assert query.expected == {s.study_uid for s in studies if s.patient_id == value}
+        elif name == "StudyDate":
+            low, high = value.split("-")
+            assert query.expected == {s.study_uid for s in studies if low <= s.study_date <= high}
+        elif name == "PatientName":
+            prefix = value.rstrip("*")
+            assert query.expected == {
+                s.study_uid for s in studies if s.patient_name.startswith(prefix)
+            }
+    assert "PatientName=" in mix.queries[1].path("/dicom-web")
+    assert "^" in mix.queries[1].path("/dicom-web")
+
+
+def _answer(uids: list[str]) -> Response:
+    body = json.dumps([{"0020000D": {"vr": "UI", "Value": [u]}} for u in uids]).encode()
+    return Response(200, {}, body, len(body))
+
+
+def test_query_judges_exact_sets_and_full_pages() -> None:
+    small = Query("PatientID", (("PatientID", "P1"),), frozenset({"1.2", "1.3"}))
+    assert small.judge(_answer(["1.3", "1.2"]))
+    assert not small.judge(_answer(["1.2"]))
+    many = frozenset(f"1.{n}" for n in range(LIMIT + 20))
+    broad = Query("ModalitiesInStudy", (("ModalitiesInStudy", "CT"),), many)
+    assert broad.judge(_answer(sorted(many)[:LIMIT]))
+    assert not broad.judge(_answer(sorted(many)[: LIMIT - 1]))
+    assert not broad.judge(_answer([*sorted(many)[: LIMIT - 1], "9.9"]))
+
+
+def test_verdict_needs_ratio_limits_and_correct_answers() -> None:
+    scenario = Scenario("x", "x", "req/s", min_ratio=5, max_p99_ms=50)
+    scenario.figures[OURS] = Figures(value=600, p99_ms=20, requests=10)
+    scenario.figures[ORTHANC_NAME] = Figures(value=100)
+    assert scenario.verdict() == "PASS"
+    scenario.figures[OURS].p99_ms = 80
+    assert scenario.misses() == ["p99 80.0 ms"]
+    scenario.figures[OURS] = Figures(value=400, p99_ms=20, wrong=1, requests=10)
+    assert scenario.verdict() == "MISS" and len(scenario.misses()) == 2
+    alone = Scenario("y", "y", "inst/s", checks={"tail": False})
+    alone.figures[OURS] = Figures(value=1, requests=1)
+    assert alone.misses() == ["tail: no"]
+
+
+def test_cpu_per_instance_compares_first_and_last_tenth() -> None:
+    # 1 ms of CPU per instance up to 500 instances, 2 ms after.
+    samples = [(n, n * 0.001) for n in range(0, 501, 50)]
+    samples += [(n, 0.5 + (n - 500) * 0.002) for n in range(550, 1001, 50)]
+    first, last = cpu_per_instance(samples, 1000)
+    assert first == pytest.approx(1.0)
+    assert last == pytest.approx(2.0)
