@@ -27,6 +27,10 @@ from dicomweb_server.metrics.transactions import TransactionResolver
 #: Path of the exposition.
 METRICS_PATH = "/metrics"
 
+#: Answers that end with their headers (RFC 9110 6.4.1): the server may write them out before
+#: the application's (empty) body message, so they are counted at the headers.
+BODILESS_STATUSES = frozenset({204, 304})
+
 
 async def exposition_response(metrics: ArchiveMetrics, request: Request) -> Response:
     """The scrape's answer (read off the event loop: it may read every worker's file)."""
@@ -60,6 +64,7 @@ class MetricsMiddleware:
             return
         status = 0
         recorded = False
+        head = scope["method"] == "HEAD"
 
         def record() -> None:
             nonlocal recorded
@@ -75,6 +80,9 @@ class MetricsMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                if head or status in BODILESS_STATUSES:
+                    # The client has its whole answer with the headers: count it now.
+                    record()
             elif message["type"] == "http.response.body" and not message.get("more_body"):
                 # Counted before the last byte leaves: a client that has its answer and then
                 # scrapes (any worker) always finds its request counted.
