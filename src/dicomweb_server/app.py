@@ -33,6 +33,7 @@ from dicomweb_server.audit import (
 from dicomweb_server.auth.middleware import AuthenticationMiddleware
 from dicomweb_server.auth.permissions import authorize
 from dicomweb_server.auth.tokens import TokenValidator
+from dicomweb_server.heap import settle_after_startup
 from dicomweb_server.metrics.middleware import MetricsMiddleware
 from dicomweb_server.metrics.registry import ArchiveMetrics, multiprocess_directory
 from dicomweb_server.services.archive import Archive
@@ -70,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # request's file and index work runs in.
         app.state.imaging_limiter = anyio.CapacityLimiter(settings.imaging_workers)
         await anyio.to_thread.run_sync(lambda: trail.application_activity(start=True))
+        settle_after_startup()
         try:
             yield
         finally:

@@ -8,6 +8,7 @@ from sqlalchemy import Engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomweb_server.index.database import index_engine, session_factory
+from dicomweb_server.index.statistics import PlannerStatistics
 from dicomweb_server.services.leases import WorkerLease
 from dicomweb_server.settings import Settings
 from dicomweb_server.storage import BlobStore, open_blob_store
@@ -41,6 +42,8 @@ class Archive:
     write_sessions: sessionmaker[Session]
     blobs: BlobStore
     lease: WorkerLease
+    #: Keeps PostgreSQL's planner statistics fresh where autovacuum is off (else None).
+    statistics: PlannerStatistics | None = None
 
     @property
     def worker_id(self) -> str:
@@ -69,9 +72,12 @@ class Archive:
             write_sessions=write_sessions,
             blobs=blobs,
             lease=lease,
+            statistics=PlannerStatistics.for_engine(write_engine),
         )
 
     def close(self) -> None:
+        if self.statistics is not None:
+            self.statistics.wait()
         self.lease.stop()
         self.blobs.release_staging()
         self.engine.dispose()

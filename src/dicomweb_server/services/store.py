@@ -5,9 +5,9 @@ Every instance goes the same way, whether it came in a STOW-RS request or from
 
 1. its bytes are written to a staging file while being hashed;
 2. the staging file is parsed once and everything later reads need is computed
-   (:func:`dicomweb_server.dicom.parse.parse_instance`);
-3. the blob keys of a batch are committed to the index as *intents* (meanwhile a filesystem
-   store fsyncs the staging files);
+   (:func:`dicomweb_server.dicom.parse.parse_instance`); meanwhile a filesystem store
+   already fsyncs the staging file, so that a single store waits on the disk less;
+3. the blob keys of a batch are committed to the index as *intents*;
 4. each blob is committed to the store (atomic rename, directory fsync);
 5. the instance rows are inserted and the intents removed in one transaction.
 
@@ -19,7 +19,7 @@ durable, and only then is the instance acknowledged.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import orjson
@@ -59,6 +59,8 @@ class PreparedPart:
     staged: StagedBlob | None
     parsed: ParsedInstance | None
     outcome: StoreOutcome
+    #: Waits for the flush of the staged bytes that :func:`prepare` started (None: not yet).
+    synced: Callable[[], None] | None = None
 
 
 log = logging.getLogger(__name__)
@@ -91,7 +93,12 @@ def identify(parsed: ParsedInstance) -> StoreOutcome:
 
 
 def prepare(archive: Archive, staged: StagedBlob, expected_study: str | None) -> PreparedPart:
-    """Parse a staged part and check it against the request; blocking (run in a thread)."""
+    """Parse a staged part and check it against the request; blocking (run in a thread).
+
+    The store's flush of the staged bytes starts first and runs while the part is parsed:
+    a part refused meanwhile merely flushed a file it then deletes.
+    """
+    synced = archive.blobs.start_sync([staged])
     try:
         parsed = parse_instance(
             staged.path,
@@ -115,7 +122,7 @@ def prepare(archive: Archive, staged: StagedBlob, expected_study: str | None) ->
                 parsed,
             ),
         )
-    return PreparedPart(staged, parsed, identify(parsed))
+    return PreparedPart(staged, parsed, identify(parsed), synced)
 
 
 def _blob_row(parsed: ParsedInstance, staged: StagedBlob, key: str) -> StoredBlob:
@@ -175,7 +182,7 @@ def _commit(archive: Archive, todo: Sequence[PreparedPart], connection: Connecti
     uids = [part.outcome.sop_instance_uid or "" for part in todo]
     # The store's flush of the staged bytes (if it needs one) overlaps the intents
     # transaction's own flush: neither waits for the other.
-    synced = archive.blobs.start_sync([part.staged for part in todo if part.staged])
+    synced = _start_sync(archive, todo)
     with connection.begin():
         existing = repository.stored_states(connection, uids)
         pending = [
@@ -217,6 +224,8 @@ def _commit(archive: Archive, todo: Sequence[PreparedPart], connection: Connecti
             "the store was interrupted (this server's lease in the index lapsed); "
             "nothing was stored, send the instances again"
         ) from None
+    if archive.statistics is not None:
+        archive.statistics.stored(sum(1 for part in pending if part.outcome.stored))
     # Blobs no row references any more: ours that lost a race, and overwritten ones. Their
     # intents were kept until now, so a crash here still leaves them to be found.
     leftovers = discarded + replaced
@@ -225,6 +234,26 @@ def _commit(archive: Archive, todo: Sequence[PreparedPart], connection: Connecti
             archive.blobs.delete(key)
         with connection.begin():
             repository.remove_intents(connection, leftovers)
+
+
+def _start_sync(archive: Archive, todo: Sequence[PreparedPart]) -> Callable[[], None]:
+    """Wait-function for the flushes of all parts: those :func:`prepare` started, and the rest."""
+    started = [part.synced for part in todo if part.synced is not None]
+    rest = archive.blobs.start_sync(
+        [part.staged for part in todo if part.synced is None and part.staged is not None]
+    )
+
+    def wait() -> None:
+        failure: BaseException | None = None
+        for waiter in (*started, rest):
+            try:
+                waiter()
+            except BaseException as exc:  # every flush settles before the first failure
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+
+    return wait
 
 
 def _drop_attempt(archive: Archive, connection: Connection, keys: list[str]) -> None:
