@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, bindparam, select
 from sqlalchemy.orm import Session
 
 from dicomweb_server.index.models import Instance, Series, Study
@@ -44,24 +45,48 @@ _REF_COLUMNS = (
 )
 
 
-def _scoped(query: Select, study: str, series: str | None, instance: str | None) -> Select:  # type: ignore[type-arg]
-    query = query.join(Series, Instance.series_pk == Series.pk).join(
-        Study, Series.study_pk == Study.pk
+_BULK_COLUMNS = (*_REF_COLUMNS, Instance.bulk_json, Instance.pixel_layout_json, Instance.deflated)
+
+
+@cache
+def _scoped(columns: str, by_series: bool, by_instance: bool) -> Select:  # type: ignore[type-arg]
+    """The statement of one look-up shape, built once with bound parameters.
+
+    Every retrieval runs one of these few statements: building the select, its joins and
+    its cache key anew per request cost about as much CPU as running it.
+    """
+    selected = {
+        "refs": _REF_COLUMNS,
+        "bulk": _BULK_COLUMNS,
+        "metadata": (Instance.metadata_json,),
+    }[columns]
+    query = (
+        select(*selected)
+        .join(Series, Instance.series_pk == Series.pk)
+        .join(Study, Series.study_pk == Study.pk)
+        .where(Study.study_instance_uid == bindparam("study"))
     )
-    query = query.where(Study.study_instance_uid == study)
-    if series is not None:
-        query = query.where(Series.series_instance_uid == series)
-    if instance is not None:
-        query = query.where(Instance.sop_instance_uid == instance)
+    if by_series:
+        query = query.where(Series.series_instance_uid == bindparam("series"))
+    if by_instance:
+        query = query.where(Instance.sop_instance_uid == bindparam("instance"))
     # Series in the order they were stored, instances by Instance Number: the order a
     # viewer wants to display them in.
     return query.order_by(Series.pk, Instance.instance_number, Instance.pk)
 
 
+def _run_scoped(
+    session: Session, columns: str, study: str, series: str | None, instance: str | None
+) -> Any:
+    params = {"study": study, "series": series, "instance": instance}
+    statement = _scoped(columns, series is not None, instance is not None)
+    return session.execute(statement, {k: v for k, v in params.items() if v is not None})
+
+
 def find_instances(
     session: Session, study: str, series: str | None = None, instance: str | None = None
 ) -> list[InstanceRef]:
-    rows = session.execute(_scoped(select(*_REF_COLUMNS), study, series, instance)).all()
+    rows = _run_scoped(session, "refs", study, series, instance).all()
     return [InstanceRef(*row) for row in rows]
 
 
@@ -69,8 +94,7 @@ def find_metadata(
     session: Session, study: str, series: str | None = None, instance: str | None = None
 ) -> list[bytes]:
     """The stored DICOM JSON of each instance, in retrieval order."""
-    query = _scoped(select(Instance.metadata_json), study, series, instance)
-    return list(session.scalars(query))
+    return list(_run_scoped(session, "metadata", study, series, instance).scalars())
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,8 +112,7 @@ def _bulk_ref(row: Any) -> BulkRef:
 
 
 def find_bulk(session: Session, study: str, series: str, instance: str) -> BulkRef | None:
-    columns = (*_REF_COLUMNS, Instance.bulk_json, Instance.pixel_layout_json, Instance.deflated)
-    row = session.execute(_scoped(select(*columns), study, series, instance)).first()
+    row = _run_scoped(session, "bulk", study, series, instance).first()
     if row is None:
         return None
     return _bulk_ref(row)
@@ -99,9 +122,8 @@ def find_image_instances(
     session: Session, study: str, series: str | None = None, instance: str | None = None
 ) -> list[BulkRef]:
     """Instances with pixel data (Rows present), by Series Number, then Instance Number."""
-    columns = (*_REF_COLUMNS, Instance.bulk_json, Instance.pixel_layout_json, Instance.deflated)
     query = (
-        select(*columns)
+        select(*_BULK_COLUMNS)
         .join(Series, Instance.series_pk == Series.pk)
         .join(Study, Series.study_pk == Study.pk)
         .where(Study.study_instance_uid == study, Instance.rows.is_not(None))
