@@ -23,6 +23,7 @@ from dicomweb_server.api import (
 )
 from dicomweb_server.api import metrics as metrics_api
 from dicomweb_server.api.errors import install_error_handlers
+from dicomweb_server.api.fast_lane import FastLane
 from dicomweb_server.api.limits import QueryStringLimitMiddleware
 from dicomweb_server.audit import (
     AuditMiddleware,
@@ -100,6 +101,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics = ArchiveMetrics(multiprocess_directory()) if settings.metrics else None
     app.state.metrics = metrics
     install_error_handlers(app)
+    if settings.fast_lane:
+        # Innermost: it stands where the router would, inside auditing and authentication.
+        app.add_middleware(FastLane, settings=settings)
     app.add_middleware(QueryStringLimitMiddleware, max_bytes=settings.max_query_string_bytes)
     # Auditing runs inside authentication (added before it, so wrapped by it): it sees the
     # validated caller, and requests refused with 401 are recorded by the hook instead.

@@ -66,6 +66,12 @@ class Settings(BaseSettings):
     retrieve_chunk_bytes: int = Field(
         default=1024 * 1024, ge=4096, description="Read size when streaming stored files."
     )
+    fast_lane: bool = Field(
+        default=True,
+        description="Answer single instances, single frames as stored and metadata without "
+        "the framework's routing (same bytes, headers, audit and metrics); off sends every "
+        "request through the full routes.",
+    )
     sqlite_busy_timeout_ms: int = Field(default=30000, ge=0)
     worker_lease_seconds: float = Field(
         default=60.0,

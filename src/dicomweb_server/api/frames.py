@@ -19,6 +19,7 @@ from dicomweb_server.api.urls import base_url
 from dicomweb_server.audit.middleware import report_refs
 from dicomweb_server.errors import NotAcceptable
 from dicomweb_server.imaging.codecs import FrameCodecError, can_transcode_frame, transcode_frame
+from dicomweb_server.index.lookup import InstanceRef
 from dicomweb_server.services import pixels
 from dicomweb_server.services.archive import Archive
 
@@ -113,13 +114,11 @@ async def frames_response(
     if not choice.multipart:
         if not choice.stored:
             return Response(first, media_type=choice.content_type, headers=headers)
-        # The stored bytes of a frame of an immutable instance: a strong validator.
-        etag = f'"{plan.source.instance.sha256}-{plan.numbers[0]}"'
+        etag = _frame_etag(plan.source, plan.numbers[0])
         if etag_matches(request.headers.get("if-none-match"), etag):
             return Response(status_code=304, headers={**headers, "ETag": etag})
         if "range" not in request.headers:
-            headers.update({"ETag": etag, "Accept-Ranges": "bytes"})
-            return Response(first, media_type=choice.content_type, headers=headers)
+            return single_frame_response(choice, plan.source, plan.numbers[0], first)
         return range_response(
             request.headers,
             length=len(first),
@@ -128,27 +127,17 @@ async def frames_response(
             read=_slice_reader(first),
             headers=headers,
         )
-    boundary = new_boundary()
     root = base_url(request, archive.settings)
-    ref = plan.source.instance
-    location = (
-        f"{root}/studies/{ref.study_instance_uid}/series/{ref.series_instance_uid}"
-        f"/instances/{ref.sop_instance_uid}/frames/"
-    )
+    if len(plan.numbers) == 1:
+        return frame_parts_response(root, choice, plan.source, plan.numbers[0], first)
+    boundary = new_boundary()
+    location = _frames_location(root, plan.source.instance)
 
     def head(number: int) -> bytes:
-        return (
-            f"--{boundary}\r\nContent-Type: {choice.content_type}\r\n"
-            f"Content-Location: {location}{number}\r\n\r\n"
-        ).encode()
+        return _part_head(boundary, choice, location, number)
 
-    media_type = multipart_related_type(boundary, choice.media_type)
-    media_type += f"; transfer-syntax={choice.transfer_syntax}"
+    media_type = _multipart_type(boundary, choice)
     closing = f"\r\n--{boundary}--\r\n".encode()
-    if len(plan.numbers) == 1:
-        return PartsResponse(
-            [head(plan.numbers[0]), first, closing], media_type=media_type, headers=headers
-        )
 
     async def stream() -> AsyncIterator[bytes]:
         for index, number in enumerate(plan.numbers):
@@ -165,6 +154,52 @@ async def frames_response(
         yield closing
 
     return StreamingResponse(stream(), media_type=media_type, headers=headers)
+
+
+def _frame_etag(source: pixels.FrameSource, number: int) -> str:
+    # The stored bytes of a frame of an immutable instance: a strong validator.
+    return f'"{source.instance.sha256}-{number}"'
+
+
+def _frames_location(root: str, ref: InstanceRef) -> str:
+    return (
+        f"{root}/studies/{ref.study_instance_uid}/series/{ref.series_instance_uid}"
+        f"/instances/{ref.sop_instance_uid}/frames/"
+    )
+
+
+def _part_head(boundary: str, choice: FrameChoice, location: str, number: int) -> bytes:
+    return (
+        f"--{boundary}\r\nContent-Type: {choice.content_type}\r\n"
+        f"Content-Location: {location}{number}\r\n\r\n"
+    ).encode()
+
+
+def _multipart_type(boundary: str, choice: FrameChoice) -> str:
+    media_type = multipart_related_type(boundary, choice.media_type)
+    return media_type + f"; transfer-syntax={choice.transfer_syntax}"
+
+
+def single_frame_response(
+    choice: FrameChoice, source: pixels.FrameSource, number: int, data: bytes
+) -> Response:
+    """One frame as stored, as a single-part body with its strong validator."""
+    headers = {"Vary": "Accept", "ETag": _frame_etag(source, number), "Accept-Ranges": "bytes"}
+    return Response(data, media_type=choice.content_type, headers=headers)
+
+
+def frame_parts_response(
+    root: str, choice: FrameChoice, source: pixels.FrameSource, number: int, data: bytes
+) -> Response:
+    """One frame (as stored or already transcoded) in a multipart/related body."""
+    boundary = new_boundary()
+    head = _part_head(boundary, choice, _frames_location(root, source.instance), number)
+    closing = f"\r\n--{boundary}--\r\n".encode()
+    return PartsResponse(
+        [head, data, closing],
+        media_type=_multipart_type(boundary, choice),
+        headers={"Vary": "Accept"},
+    )
 
 
 def _slice_reader(data: bytes) -> Callable[[int, int], Iterator[bytes]]:

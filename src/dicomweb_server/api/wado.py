@@ -42,6 +42,8 @@ ZIP_OFFER = Offer("application/zip")
 #: A single instance may also be asked for as one application/dicom body (PS3.18 8.7.3.5.1),
 #: which is what makes byte ranges over it meaningful.
 SINGLE_DICOM_OFFER = Offer("application/dicom")
+#: What a single instance can be delivered as, the default first.
+INSTANCE_OFFERS = [DICOM_OFFER, ZIP_OFFER, SINGLE_DICOM_OFFER]
 METADATA_OFFERS = [
     Offer(DICOM_JSON),
     Offer("application/json"),
@@ -60,7 +62,7 @@ def _require_accept(request: Request) -> list[MediaRange]:
     return ranges
 
 
-def _requested_syntaxes(ranges: list[MediaRange], offer: Offer) -> list[str | None]:
+def requested_syntaxes(ranges: list[MediaRange], offer: Offer) -> list[str | None]:
     # No usable range (none sent, or all malformed and ignored) means the default syntax.
     wanted = [media.params.get("transfer-syntax") for media in ranges if _admits(media, offer)]
     return wanted or [None]
@@ -82,13 +84,11 @@ async def _retrieve(
 ) -> Response:
     check_path(study, series, instance)
     ranges = _require_accept(request)
-    offers = [DICOM_OFFER, ZIP_OFFER]
-    if instance is not None:
-        offers.append(SINGLE_DICOM_OFFER)
+    offers = INSTANCE_OFFERS if instance is not None else [DICOM_OFFER, ZIP_OFFER]
     offer, _ = negotiate(ranges, offers)
     refs = await anyio.to_thread.run_sync(retrieve.find_instances, archive, study, series, instance)
     report_refs(request, refs)
-    target = retrieve.choose_transfer_syntax(_requested_syntaxes(ranges, offer), refs)
+    target = retrieve.choose_transfer_syntax(requested_syntaxes(ranges, offer), refs)
     ready: bytes | None = None
     if len(refs) == 1 and retrieve.delivered_syntax(refs[0], target) != refs[0].transfer_syntax_uid:
         # One instance to re-encode: do it before answering, so a failure is a clean 406
@@ -112,22 +112,12 @@ async def _retrieve(
             headers={"Vary": "Accept", "Content-Disposition": f'attachment; filename="{name}"'},
         )
     root = base_url(request, archive.settings)
-    # One stored instance is sent with a boundary derived from its hash, so the whole
-    # representation is stable and its ETag a true strong validator.
-    boundary = f"dicomweb-{refs[0].sha256[:32]}" if instance is not None else new_boundary()
+    boundary = _instance_boundary(refs[0]) if instance is not None else new_boundary()
     parts: list[tuple[bytes, Callable[[], Iterator[bytes]]]] = []
     if offer is SINGLE_DICOM_OFFER:
         return await _single_instance(request, archive, refs[0], target, ready)
     for ref in refs:
-        syntax = retrieve.delivered_syntax(ref, target)
-        location = (
-            f"{root}/studies/{ref.study_instance_uid}/series/{ref.series_instance_uid}"
-            f"/instances/{ref.sop_instance_uid}"
-        )
-        head = (
-            f"--{boundary}\r\nContent-Type: application/dicom; transfer-syntax={syntax}\r\n"
-            f"Content-Location: {location}\r\n\r\n"
-        ).encode()
+        head = _part_head(boundary, root, ref, retrieve.delivered_syntax(ref, target))
         if ready is not None:
             parts.append((head, partial(iter, [ready])))
         else:
@@ -138,9 +128,7 @@ async def _retrieve(
         headers["ETag"] = f'"{refs[0].sha256}"'
         if etag_matches(request.headers.get("if-none-match"), headers["ETag"]):
             return Response(status_code=304, headers=headers)
-    media_type = multipart_related_type(boundary, "application/dicom")
-    if target != retrieve.ANY_TRANSFER_SYNTAX:
-        media_type += f"; transfer-syntax={target}"
+    media_type = _multipart_type(boundary, target)
     if instance is not None:
         # One instance: its bytes in memory (re-encoded, or one read of a file of moderate
         # size), sent between the framing without joining them to it.
@@ -155,11 +143,58 @@ async def _retrieve(
     )
 
 
-async def _read_whole(archive: Archive, ref: InstanceRef) -> bytes | None:
-    """A stored instance's bytes in one read, or ``None`` when it is large enough to stream."""
-    if ref.size > archive.settings.retrieve_chunk_bytes * ONE_READ_CHUNKS:
-        return None
-    data = await anyio.to_thread.run_sync(archive.blobs.read_range, ref.blob_key, 0, ref.size)
+def _instance_boundary(ref: InstanceRef) -> str:
+    # One stored instance is sent with a boundary derived from its hash, so the whole
+    # representation is stable and its ETag a true strong validator.
+    return f"dicomweb-{ref.sha256[:32]}"
+
+
+def _part_head(boundary: str, root: str, ref: InstanceRef, syntax: str) -> bytes:
+    location = (
+        f"{root}/studies/{ref.study_instance_uid}/series/{ref.series_instance_uid}"
+        f"/instances/{ref.sop_instance_uid}"
+    )
+    return (
+        f"--{boundary}\r\nContent-Type: application/dicom; transfer-syntax={syntax}\r\n"
+        f"Content-Location: {location}\r\n\r\n"
+    ).encode()
+
+
+def _multipart_type(boundary: str, target: str) -> str:
+    media_type = multipart_related_type(boundary, "application/dicom")
+    if target != retrieve.ANY_TRANSFER_SYNTAX:
+        media_type += f"; transfer-syntax={target}"
+    return media_type
+
+
+def fits_one_read(archive: Archive, ref: InstanceRef) -> bool:
+    """Whether a stored instance is small enough to be read whole rather than streamed."""
+    return ref.size <= archive.settings.retrieve_chunk_bytes * ONE_READ_CHUNKS
+
+
+def instance_parts_response(root: str, ref: InstanceRef, target: str, data: bytes) -> Response:
+    """One stored instance as ``multipart/related; type="application/dicom"``."""
+    boundary = _instance_boundary(ref)
+    head = _part_head(boundary, root, ref, retrieve.delivered_syntax(ref, target))
+    closing = f"\r\n--{boundary}--\r\n".encode()
+    return PartsResponse(
+        [head, data, closing],
+        media_type=_multipart_type(boundary, target),
+        headers={"Vary": "Accept", "ETag": f'"{ref.sha256}"'},
+    )
+
+
+def single_instance_response(ref: InstanceRef, syntax: str, data: bytes) -> Response:
+    """One stored instance, whole, as a single-part ``application/dicom`` body."""
+    headers = {"Vary": "Accept", "ETag": f'"{ref.sha256}"', "Accept-Ranges": "bytes"}
+    return PartsResponse(
+        [data], media_type=f"application/dicom; transfer-syntax={syntax}", headers=headers
+    )
+
+
+def read_stored(archive: Archive, ref: InstanceRef) -> bytes:
+    """A stored instance's bytes in one read (blocking), checked against the index."""
+    data = archive.blobs.read_range(ref.blob_key, 0, ref.size)
     if len(data) != ref.size:
         # Content-Length comes from the index: a blob of another length must not be sent.
         raise StorageError(
@@ -167,6 +202,13 @@ async def _read_whole(archive: Archive, ref: InstanceRef) -> bytes | None:
             f"the index recorded {ref.size}"
         )
     return data
+
+
+async def _read_whole(archive: Archive, ref: InstanceRef) -> bytes | None:
+    """A stored instance's bytes in one read, or ``None`` when it is large enough to stream."""
+    if not fits_one_read(archive, ref):
+        return None
+    return await anyio.to_thread.run_sync(read_stored, archive, ref)
 
 
 async def _single_instance(
@@ -184,8 +226,7 @@ async def _single_instance(
     if "range" not in request.headers:
         data = await _read_whole(archive, ref)
         if data is not None:
-            whole = {**headers, "ETag": etag, "Accept-Ranges": "bytes"}
-            return PartsResponse([data], media_type=media_type, headers=whole)
+            return single_instance_response(ref, syntax, data)
     chunk = archive.settings.retrieve_chunk_bytes
 
     def read(offset: int, size: int) -> Iterator[bytes]:
@@ -230,17 +271,24 @@ async def _metadata(
     offer, _ = negotiate(_require_accept(request), METADATA_OFFERS)
     root = base_url(request, archive.settings)
     if offer.part_type == DICOM_XML:
-        datasets = await anyio.to_thread.run_sync(
+        datasets, refs = await anyio.to_thread.run_sync(
             retrieve.metadata_datasets, archive, root, study, series, instance
         )
+        report_refs(request, refs)
         boundary = new_boundary()
         body = await anyio.to_thread.run_sync(xml_multipart, datasets, boundary)
         return Response(
             body, media_type=multipart_related_type(boundary, DICOM_XML), headers={"Vary": "Accept"}
         )
-    body = await anyio.to_thread.run_sync(
+    body, refs = await anyio.to_thread.run_sync(
         retrieve.metadata_json, archive, root, study, series, instance
     )
+    report_refs(request, refs)
+    return metadata_response(body, offer)
+
+
+def metadata_response(body: bytes, offer: Offer) -> Response:
+    """Metadata as DICOM JSON."""
     return Response(body, media_type=offer.media_type, headers={"Vary": "Accept"})
 
 

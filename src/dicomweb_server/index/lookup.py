@@ -6,10 +6,14 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Select, bindparam, select
+from sqlalchemy import Connection, Select, bindparam, select
 from sqlalchemy.orm import Session
 
 from dicomweb_server.index.models import Instance, Series, Study
+
+#: Read-only look-ups run on a plain connection where they can: a Core connection executes
+#: the prebuilt statements in well under half the CPU of an ORM session.
+Executor = Session | Connection
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +62,7 @@ def _scoped(columns: str, by_series: bool, by_instance: bool) -> Select:  # type
     selected = {
         "refs": _REF_COLUMNS,
         "bulk": _BULK_COLUMNS,
-        "metadata": (Instance.metadata_json,),
+        "metadata": (*_REF_COLUMNS, Instance.metadata_json),
     }[columns]
     query = (
         select(*selected)
@@ -76,7 +80,7 @@ def _scoped(columns: str, by_series: bool, by_instance: bool) -> Select:  # type
 
 
 def _run_scoped(
-    session: Session, columns: str, study: str, series: str | None, instance: str | None
+    session: Executor, columns: str, study: str, series: str | None, instance: str | None
 ) -> Any:
     params = {"study": study, "series": series, "instance": instance}
     statement = _scoped(columns, series is not None, instance is not None)
@@ -84,17 +88,23 @@ def _run_scoped(
 
 
 def find_instances(
-    session: Session, study: str, series: str | None = None, instance: str | None = None
+    session: Executor, study: str, series: str | None = None, instance: str | None = None
 ) -> list[InstanceRef]:
     rows = _run_scoped(session, "refs", study, series, instance).all()
     return [InstanceRef(*row) for row in rows]
 
 
 def find_metadata(
-    session: Session, study: str, series: str | None = None, instance: str | None = None
-) -> list[bytes]:
-    """The stored DICOM JSON of each instance, in retrieval order."""
-    return list(_run_scoped(session, "metadata", study, series, instance).scalars())
+    session: Executor, study: str, series: str | None = None, instance: str | None = None
+) -> list[tuple[InstanceRef, bytes]]:
+    """Each instance with its stored DICOM JSON, in retrieval order.
+
+    The references come with the JSON so the audit trail can name what was read without a
+    second look-up of the same rows.
+    """
+    count = len(_REF_COLUMNS)
+    rows = _run_scoped(session, "metadata", study, series, instance).all()
+    return [(InstanceRef(*row[:count]), row[count]) for row in rows]
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,32 +121,40 @@ def _bulk_ref(row: Any) -> BulkRef:
     return BulkRef(InstanceRef(*row[:count]), row[count], row[count + 1], bool(row[count + 2]))
 
 
-def find_bulk(session: Session, study: str, series: str, instance: str) -> BulkRef | None:
+def find_bulk(session: Executor, study: str, series: str, instance: str) -> BulkRef | None:
     row = _run_scoped(session, "bulk", study, series, instance).first()
     if row is None:
         return None
     return _bulk_ref(row)
 
 
-def find_image_instances(
-    session: Session, study: str, series: str | None = None, instance: str | None = None
-) -> list[BulkRef]:
-    """Instances with pixel data (Rows present), by Series Number, then Instance Number."""
+@cache
+def _image_instances(by_series: bool, by_instance: bool) -> Select:  # type: ignore[type-arg]
+    """The statement of one image look-up shape, built once with bound parameters."""
     query = (
         select(*_BULK_COLUMNS)
         .join(Series, Instance.series_pk == Series.pk)
         .join(Study, Series.study_pk == Study.pk)
-        .where(Study.study_instance_uid == study, Instance.rows.is_not(None))
+        .where(Study.study_instance_uid == bindparam("study"), Instance.rows.is_not(None))
     )
-    if series is not None:
-        query = query.where(Series.series_instance_uid == series)
-    if instance is not None:
-        query = query.where(Instance.sop_instance_uid == instance)
-    query = query.order_by(
+    if by_series:
+        query = query.where(Series.series_instance_uid == bindparam("series"))
+    if by_instance:
+        query = query.where(Instance.sop_instance_uid == bindparam("instance"))
+    return query.order_by(
         Series.series_number.is_(None),
         Series.series_number,
         Series.pk,
         Instance.instance_number,
         Instance.pk,
     )
-    return [_bulk_ref(row) for row in session.execute(query).all()]
+
+
+def find_image_instances(
+    session: Executor, study: str, series: str | None = None, instance: str | None = None
+) -> list[BulkRef]:
+    """Instances with pixel data (Rows present), by Series Number, then Instance Number."""
+    params = {"study": study, "series": series, "instance": instance}
+    statement = _image_instances(series is not None, instance is not None)
+    rows = session.execute(statement, {k: v for k, v in params.items() if v is not None})
+    return [_bulk_ref(row) for row in rows.all()]

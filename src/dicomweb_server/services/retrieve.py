@@ -44,7 +44,7 @@ def describe_target(study: str, series: str | None, instance: str | None) -> str
 def find_instances(
     archive: Archive, study: str, series: str | None = None, instance: str | None = None
 ) -> list[InstanceRef]:
-    with archive.sessions() as session:
+    with archive.engine.connect() as session:
         refs = lookup.find_instances(session, study, series, instance)
     if not refs:
         raise NotFound(f"no {describe_target(study, series, instance)} is stored")
@@ -144,16 +144,18 @@ def metadata_json(
     study: str,
     series: str | None = None,
     instance: str | None = None,
-) -> bytes:
-    """The metadata resource as one DICOM JSON array, assembled from stored JSON."""
-    with archive.sessions() as session:
+) -> tuple[bytes, list[InstanceRef]]:
+    """The metadata resource as one DICOM JSON array, assembled from stored JSON, and the
+    instances it describes."""
+    with archive.engine.connect() as session:
         rows = lookup.find_metadata(session, study, series, instance)
     if not rows:
         raise NotFound(f"no {describe_target(study, series, instance)} is stored")
-    body = b"[" + b",".join(rows) + b"]"
+    body = b"[" + b",".join(data for _, data in rows) + b"]"
     # Stored BulkDataURIs are relative to the root; the key pattern cannot occur inside a
     # JSON string value (its quotes would be escaped), so a byte replace is exact.
-    return body.replace(BULK_URI_KEY, BULK_URI_KEY + base_url.encode())
+    body = body.replace(BULK_URI_KEY, BULK_URI_KEY + base_url.encode())
+    return body, [ref for ref, _ in rows]
 
 
 def metadata_datasets(
@@ -162,11 +164,10 @@ def metadata_datasets(
     study: str,
     series: str | None = None,
     instance: str | None = None,
-) -> list[dict[str, object]]:
-    data: list[dict[str, object]] = orjson.loads(
-        metadata_json(archive, base_url, study, series, instance)
-    )
-    return data
+) -> tuple[list[dict[str, object]], list[InstanceRef]]:
+    body, refs = metadata_json(archive, base_url, study, series, instance)
+    data: list[dict[str, object]] = orjson.loads(body)
+    return data, refs
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,7 +220,7 @@ def _value_from_file(archive: Archive, ref: InstanceRef, path: str) -> bytes:
 
 def bulk_data(archive: Archive, study: str, series: str, instance: str, path: str) -> BulkData:
     """Locate a bulk data value recorded at ingest."""
-    with archive.sessions() as session:
+    with archive.engine.connect() as session:
         found = lookup.find_bulk(session, study, series, instance)
     if found is None:
         raise NotFound(f"no {describe_target(study, series, instance)} is stored")
