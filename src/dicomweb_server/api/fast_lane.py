@@ -10,10 +10,11 @@ requests of an unrestricted reader:
 - a single instance as stored (``multipart/related; type="application/dicom"`` or
   ``application/dicom``, no byte range, no validator);
 - a single frame as stored;
-- the DICOM JSON metadata of a study, series or instance.
+- the DICOM JSON metadata of a study, series or instance;
 
-It answers them with one thread hand-off and the same functions the routes use, so the
-bytes, headers, audit records and metrics are the routes' own. Whatever it does not
+and it hands QIDO-RS searches straight to the search route's handler. It answers with one
+thread hand-off and the same functions the routes use, so the bytes, headers, audit records
+and metrics are the routes' own. Whatever it does not
 recognise, or whatever would answer anything but 200 (not found, not acceptable, a
 transcoding, a patient-scoped token), it hands to the application unchanged before sending a
 byte: the full routes stay the one definition of every other answer.
@@ -27,11 +28,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dicomweb_server.api import frames as frames_api
-from dicomweb_server.api import wado
+from dicomweb_server.api import qido, wado
 from dicomweb_server.api.encoding import DICOM_XML
 from dicomweb_server.api.frame_media import choose_frame_representation
 from dicomweb_server.api.media import MediaRange, parse_accept
@@ -43,6 +45,7 @@ from dicomweb_server.dicom.uids import is_valid_uid
 from dicomweb_server.errors import ArchiveError
 from dicomweb_server.index import lookup
 from dicomweb_server.index.lookup import InstanceRef
+from dicomweb_server.index.qido_keys import QueryLevel
 from dicomweb_server.services import pixels, retrieve
 from dicomweb_server.services.archive import Archive
 from dicomweb_server.settings import Settings
@@ -67,6 +70,9 @@ class _NotHere(Exception):
 
 Answer = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+#: Raised before anything is sent: the application answers the request instead.
+_HANDED_OVER = (_NotHere, ArchiveError, OSError, SQLAlchemyError)
+
 
 class FastLane:
     """Pure ASGI: answers the hottest read requests itself, hands every other to `app`."""
@@ -79,6 +85,9 @@ class FastLane:
             rf"{re.escape(root)}/studies/{uid}(?:/series/{uid}(?:/instances/{uid}"
             r"(?:/frames/([0-9]{1,9}))?)?)?(/metadata)?"
         )
+        self._search_pattern = re.compile(
+            rf"{re.escape(root)}(?:/studies/{uid}(?:/series/{uid})?)?/(studies|series|instances)"
+        )
         study = root + "/studies/{study}"
         series = study + "/series/{series}"
         instance = series + "/instances/{instance}"
@@ -88,21 +97,33 @@ class FastLane:
             "study-metadata": _Route(study + "/metadata"),
             "series-metadata": _Route(series + "/metadata"),
             "instance-metadata": _Route(instance + "/metadata"),
+            "studies": _Route(root + "/studies"),
+            "series": _Route(root + "/series"),
+            "instances": _Route(root + "/instances"),
+            "study-series": _Route(study + "/series"),
+            "study-instances": _Route(study + "/instances"),
+            "series-instances": _Route(series + "/instances"),
         }
         self._accepts: dict[bytes, list[MediaRange]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "GET" or scope.get("query_string"):
+        if scope["type"] != "http" or scope["method"] != "GET":
             await self.app(scope, receive, send)
             return
-        match = self._pattern.fullmatch(scope["path"])
         principal: Principal | None = scope.get("state", {}).get(SCOPE_KEY)
         if (
-            match is None
-            or principal is None
+            principal is None
             or principal.patient is not None
             or not principal.allows(Permission.READ)
         ):
+            await self.app(scope, receive, send)
+            return
+        search = self._search_pattern.fullmatch(scope["path"])
+        if search is not None:
+            await self._search(scope, receive, send, *search.groups())
+            return
+        match = None if scope.get("query_string") else self._pattern.fullmatch(scope["path"])
+        if match is None:
             await self.app(scope, receive, send)
             return
         study, series, instance, frame, metadata = match.groups()
@@ -137,9 +158,9 @@ class FastLane:
                 answer, refs = await anyio.to_thread.run_sync(
                     _metadata, archive, request, accept, study, series, instance
                 )
-        except (_NotHere, ArchiveError, OSError):
-            # The route answers it, errors included (a failing blob store too, which it
-            # counts and answers 503), exactly as it always does.
+        except _HANDED_OVER:
+            # The route answers it, errors included (a failing blob store or index too,
+            # which it counts and answers 503), exactly as it always does.
             await self.app(scope, receive, send)
             return
         path_params = {"study": study}
@@ -155,6 +176,40 @@ class FastLane:
         if found is not None:
             found.touched = [touched_of(ref) for ref in refs]
         await answer(scope, receive, send)
+
+    async def _search(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        study: str | None,
+        series: str | None,
+        target: str,
+    ) -> None:
+        """QIDO-RS: the search route's own handler, without routing and dependency solving."""
+        if series is not None:
+            kind = "series-instances" if target == "instances" else None
+        elif study is not None:
+            kind = f"study-{target}" if target != "studies" else None
+        else:
+            kind = target
+        if kind is None:
+            await self.app(scope, receive, send)
+            return
+        level = _LEVELS[target]
+        path_params = {name: uid for name, uid in (("study", study), ("series", series)) if uid}
+        scope["route"] = self._routes[kind]
+        scope["path_params"] = path_params
+        archive: Archive = scope["app"].state.archive
+        try:
+            response = await qido.search_response(
+                Request(scope, receive), archive, level, study, series
+            )
+        except _HANDED_OVER:
+            # Refused queries (400, 406, ...) and failures are answered by the route.
+            await self.app(scope, receive, send)
+            return
+        await response(scope, receive, send)
 
     def _accept(self, scope: Scope) -> list[MediaRange] | None:
         """The parsed Accept header (cached: clients send the same few), or ``None`` when the
@@ -178,6 +233,13 @@ class FastLane:
         return ranges
 
 
+_LEVELS = {
+    "studies": QueryLevel.STUDY,
+    "series": QueryLevel.SERIES,
+    "instances": QueryLevel.INSTANCE,
+}
+
+
 def _instance(
     archive: Archive,
     request: Request,
@@ -189,7 +251,7 @@ def _instance(
     offer, _ = negotiate(accept, wado.INSTANCE_OFFERS)
     if offer is wado.ZIP_OFFER:
         raise _NotHere
-    with archive.engine.connect() as connection:
+    with archive.reads() as connection:
         refs = lookup.find_instances(connection, study, series, instance)
     if len(refs) != 1:
         raise _NotHere

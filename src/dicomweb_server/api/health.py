@@ -24,7 +24,7 @@ async def readyz(archive: ArchiveDep) -> Response:
 
     def check() -> str | None:
         try:
-            with archive.engine.connect() as connection:
+            with archive.reads() as connection:
                 connection.execute(text("SELECT 1"))
         except Exception as exc:
             return f"index unavailable: {type(exc).__name__}"

@@ -31,13 +31,14 @@ OFFERS = [Offer(DICOM_JSON), Offer("application/json"), Offer("multipart/related
 FORMAT_PARAMETERS = {"accept", "charset"}
 
 
-async def _search(
+async def search_response(
     request: Request,
     archive: Archive,
     level: QueryLevel,
     study: str | None = None,
     series: str | None = None,
 ) -> Response:
+    """The answer to a search at `level`, within a study or series when they are given."""
     if study is not None:
         check_path(study, series)
     # QIDO is answered as JSON when the client states no preference; retrieval is stricter.
@@ -68,8 +69,8 @@ async def _search(
     def run() -> tuple[SearchResult, bytes]:
         # The body is encoded in the same worker thread as the search: one thread hop per
         # request, and a page of results never blocks the event loop while it is encoded.
-        with archive.sessions() as session:
-            result = search(session, query, base_url=root)
+        with archive.reads() as connection:
+            result = search(connection, query, base_url=root)
         if not result.items:
             return result, b""
         if as_xml:
@@ -92,31 +93,31 @@ async def _search(
 @router.get("/studies")
 async def search_for_studies(request: Request, archive: ArchiveDep) -> Response:
     """Search all studies."""
-    return await _search(request, archive, QueryLevel.STUDY)
+    return await search_response(request, archive, QueryLevel.STUDY)
 
 
 @router.get("/series")
 async def search_for_series(request: Request, archive: ArchiveDep) -> Response:
     """Search all series."""
-    return await _search(request, archive, QueryLevel.SERIES)
+    return await search_response(request, archive, QueryLevel.SERIES)
 
 
 @router.get("/instances")
 async def search_for_instances(request: Request, archive: ArchiveDep) -> Response:
     """Search all instances."""
-    return await _search(request, archive, QueryLevel.INSTANCE)
+    return await search_response(request, archive, QueryLevel.INSTANCE)
 
 
 @router.get("/studies/{study}/series")
 async def search_for_study_series(request: Request, archive: ArchiveDep, study: str) -> Response:
     """Search the series of a study."""
-    return await _search(request, archive, QueryLevel.SERIES, study)
+    return await search_response(request, archive, QueryLevel.SERIES, study)
 
 
 @router.get("/studies/{study}/instances")
 async def search_for_study_instances(request: Request, archive: ArchiveDep, study: str) -> Response:
     """Search the instances of a study."""
-    return await _search(request, archive, QueryLevel.INSTANCE, study)
+    return await search_response(request, archive, QueryLevel.INSTANCE, study)
 
 
 @router.get("/studies/{study}/series/{series}/instances")
@@ -124,4 +125,4 @@ async def search_for_series_instances(
     request: Request, archive: ArchiveDep, study: str, series: str
 ) -> Response:
     """Search the instances of a series."""
-    return await _search(request, archive, QueryLevel.INSTANCE, study, series)
+    return await search_response(request, archive, QueryLevel.INSTANCE, study, series)

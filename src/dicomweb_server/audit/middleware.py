@@ -574,7 +574,7 @@ def _lookup(scope: Scope) -> list[Touched]:
     if not study or not all(is_valid_uid(uid) for uid in (study, series, instance) if uid):
         return []
     archive = scope["app"].state.archive
-    with archive.engine.connect() as session:
+    with archive.reads() as session:
         refs = lookup.find_instances(session, study, series, instance)
     return [touched_of(ref) for ref in refs]
 

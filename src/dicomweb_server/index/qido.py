@@ -106,9 +106,9 @@ from typing import Any, Final
 import orjson
 from pydicom.datadict import dictionary_VR
 from sqlalchemy import Row, distinct, func, select
-from sqlalchemy.orm import Session
 
 from dicomweb_server.dicom import levels
+from dicomweb_server.index.lookup import Executor
 from dicomweb_server.index.models import Instance, Series, Study
 from dicomweb_server.index.qido_keys import MATCH_KEYS, ParsedQuery, QueryLevel
 from dicomweb_server.index.qido_parse import parse_query
@@ -277,7 +277,9 @@ class _StudyFacts:
     instances: int = 0
 
 
-def _study_facts(session: Session, plan: _Plan, study_pks: Sequence[int]) -> dict[int, _StudyFacts]:
+def _study_facts(
+    session: Executor, plan: _Plan, study_pks: Sequence[int]
+) -> dict[int, _StudyFacts]:
     facts: dict[int, _StudyFacts] = defaultdict(_StudyFacts)
     if not study_pks:
         return facts
@@ -316,7 +318,7 @@ def _study_facts(session: Session, plan: _Plan, study_pks: Sequence[int]) -> dic
     return facts
 
 
-def _series_instance_counts(session: Session, series_pks: Sequence[int]) -> dict[int, int]:
+def _series_instance_counts(session: Executor, series_pks: Sequence[int]) -> dict[int, int]:
     if not series_pks:
         return {}
     rows = session.execute(
@@ -328,7 +330,7 @@ def _series_instance_counts(session: Session, series_pks: Sequence[int]) -> dict
 
 
 def _patient_counts(
-    session: Session, patient_ids: Iterable[str | None]
+    session: Executor, patient_ids: Iterable[str | None]
 ) -> dict[str, tuple[int, int, int]]:
     """Studies, series and instances per Patient ID (the index has no patient entity)."""
     wanted = sorted({pid for pid in patient_ids if pid})
@@ -566,13 +568,13 @@ def _page_columns(query: ParsedQuery, plan: _Plan) -> list[Any]:
     return columns
 
 
-def search(session: Session, query: ParsedQuery, *, base_url: str) -> SearchResult:
+def search(session: Executor, query: ParsedQuery, *, base_url: str) -> SearchResult:
     """Run a parsed QIDO-RS search and build its page of DICOM JSON results.
 
     Parameters
     ----------
-    session : Session
-        An open index session; only read.
+    session : Session or Connection
+        An open index session or connection; only read (a plain connection costs less).
     query : ParsedQuery
         From :func:`parse_query`.
     base_url : str

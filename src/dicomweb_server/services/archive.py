@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, event
+from sqlalchemy import Connection, Engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomweb_server.index.database import index_engine, session_factory
@@ -44,6 +44,14 @@ class Archive:
     lease: WorkerLease
     #: Keeps PostgreSQL's planner statistics fresh where autovacuum is off (else None).
     statistics: PlannerStatistics | None = None
+
+    def reads(self) -> Connection:
+        """A connection for read-only look-ups (use it as a context manager).
+
+        Retrieval and search run a few prebuilt statements per request; on a plain
+        connection that costs well under half the CPU of an ORM session.
+        """
+        return self.engine.connect()
 
     @property
     def worker_id(self) -> str:

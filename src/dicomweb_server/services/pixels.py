@@ -68,7 +68,7 @@ def parse_frame_list(text: str, limit: int) -> list[int]:
 
 def find_frame_source(archive: Archive, study: str, series: str, instance: str) -> FrameSource:
     """Locate an instance's Pixel Data from the index; 404 when there is none."""
-    with archive.engine.connect() as session:
+    with archive.reads() as session:
         found = lookup.find_bulk(session, study, series, instance)
     if found is None:
         raise NotFound(f"no instance {instance} of series {series} in study {study} is stored")
@@ -98,7 +98,7 @@ def find_image_sources(
     archive: Archive, study: str, series: str | None = None, instance: str | None = None
 ) -> list[FrameSource]:
     """Every instance with Pixel Data under a study, series or instance, in display order."""
-    with archive.engine.connect() as session:
+    with archive.reads() as session:
         found = lookup.find_image_instances(session, study, series, instance)
     sources = [frame_source(archive, item) for item in found]
     return [source for source in sources if source is not None]

@@ -44,7 +44,7 @@ def describe_target(study: str, series: str | None, instance: str | None) -> str
 def find_instances(
     archive: Archive, study: str, series: str | None = None, instance: str | None = None
 ) -> list[InstanceRef]:
-    with archive.engine.connect() as session:
+    with archive.reads() as session:
         refs = lookup.find_instances(session, study, series, instance)
     if not refs:
         raise NotFound(f"no {describe_target(study, series, instance)} is stored")
@@ -147,7 +147,7 @@ def metadata_json(
 ) -> tuple[bytes, list[InstanceRef]]:
     """The metadata resource as one DICOM JSON array, assembled from stored JSON, and the
     instances it describes."""
-    with archive.engine.connect() as session:
+    with archive.reads() as session:
         rows = lookup.find_metadata(session, study, series, instance)
     if not rows:
         raise NotFound(f"no {describe_target(study, series, instance)} is stored")
@@ -220,7 +220,7 @@ def _value_from_file(archive: Archive, ref: InstanceRef, path: str) -> bytes:
 
 def bulk_data(archive: Archive, study: str, series: str, instance: str, path: str) -> BulkData:
     """Locate a bulk data value recorded at ingest."""
-    with archive.engine.connect() as session:
+    with archive.reads() as session:
         found = lookup.find_bulk(session, study, series, instance)
     if found is None:
         raise NotFound(f"no {describe_target(study, series, instance)} is stored")
