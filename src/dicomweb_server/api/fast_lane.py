@@ -11,6 +11,7 @@ requests of an unrestricted reader:
   ``application/dicom``, no byte range, no validator);
 - a single frame as stored;
 - the DICOM JSON metadata of a study, series or instance;
+- an instance or one of its frames rendered with the default parameters;
 
 and it hands QIDO-RS searches straight to the search route's handler. It answers with one
 thread hand-off and the same functions the routes use, so the bytes, headers, audit records
@@ -33,7 +34,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dicomweb_server.api import frames as frames_api
-from dicomweb_server.api import qido, wado
+from dicomweb_server.api import qido, rendered, wado
 from dicomweb_server.api.encoding import DICOM_XML
 from dicomweb_server.api.frame_media import choose_frame_representation
 from dicomweb_server.api.media import MediaRange, parse_accept
@@ -83,7 +84,7 @@ class FastLane:
         uid = r"([^/]+)"
         self._pattern = re.compile(
             rf"{re.escape(root)}/studies/{uid}(?:/series/{uid}(?:/instances/{uid}"
-            r"(?:/frames/([0-9]{1,9}))?)?)?(/metadata)?"
+            r"(?:/frames/([0-9]{1,9}))?)?)?(/metadata|/rendered)?"
         )
         self._search_pattern = re.compile(
             rf"{re.escape(root)}(?:/studies/{uid}(?:/series/{uid})?)?/(studies|series|instances)"
@@ -97,6 +98,8 @@ class FastLane:
             "study-metadata": _Route(study + "/metadata"),
             "series-metadata": _Route(series + "/metadata"),
             "instance-metadata": _Route(instance + "/metadata"),
+            "instance-rendered": _Route(instance + "/rendered"),
+            "frames-rendered": _Route(instance + "/frames/{frames}/rendered"),
             "studies": _Route(root + "/studies"),
             "series": _Route(root + "/series"),
             "instances": _Route(root + "/instances"),
@@ -126,8 +129,13 @@ class FastLane:
         if match is None:
             await self.app(scope, receive, send)
             return
-        study, series, instance, frame, metadata = match.groups()
-        if metadata:
+        study, series, instance, frame, suffix = match.groups()
+        if suffix == "/rendered":
+            if instance is None:
+                await self.app(scope, receive, send)
+                return
+            kind = "frames-rendered" if frame else "instance-rendered"
+        elif suffix:
             level = "instance" if instance else "series" if series else "study"
             kind = f"{level}-metadata"
         elif frame:
@@ -153,6 +161,15 @@ class FastLane:
             elif kind == "instance":
                 answer, refs = await anyio.to_thread.run_sync(
                     _instance, archive, request, accept, study, series, instance
+                )
+            elif kind.endswith("rendered"):
+                answer, refs = await anyio.to_thread.run_sync(
+                    _rendered,
+                    archive,
+                    request,
+                    (study, series, instance),
+                    int(frame or 1),
+                    limiter=scope["app"].state.imaging_limiter,
                 )
             else:
                 answer, refs = await anyio.to_thread.run_sync(
@@ -291,6 +308,13 @@ def _frame(
     root = base_url(request, archive.settings)
     response = frames_api.frame_parts_response(root, choice, source, number, data)
     return response, [source.instance]
+
+
+def _rendered(
+    archive: Archive, request: Request, target: tuple[str, str, str], number: int
+) -> tuple[Answer, list[InstanceRef]]:
+    response, sources = rendered.render_single(archive, request, target, number)
+    return response, [source.instance for source in sources]
 
 
 def _metadata(

@@ -78,6 +78,19 @@ async def _render_one(
     )
 
 
+def render_single(
+    archive: Archive, request: Request, target: tuple[str, str, str], number: int
+) -> tuple[Response, list[pixels.FrameSource]]:
+    """One frame of one instance rendered as one image, and what it was rendered from
+    (blocking: run it in the imaging pool)."""
+    media_type = _media_type(request, False)
+    params, warnings = _params(request, media_type, _RENDER_KEYS)
+    sources = rendering.image_sources(archive, *target)
+    pixels.check_frames(sources[0], [number])
+    image = rendering.render(archive, sources[0], number, params)
+    return Response(image, media_type=media_type, headers=_headers(request, warnings)), sources
+
+
 async def _rendered(
     request: Request,
     archive: Archive,
@@ -93,6 +106,18 @@ async def _rendered(
     if frames is not None:
         numbers = pixels.parse_frame_list(frames, archive.settings.max_frames_per_request)
     several = instance is None or len(numbers) > 1
+    if not several and series is not None and instance is not None:
+        # One image: look-up and rendering in one hand-off to the imaging pool.
+        response, sources = await anyio.to_thread.run_sync(
+            render_single,
+            archive,
+            request,
+            (study, series, instance),
+            numbers[0],
+            limiter=request.app.state.imaging_limiter,
+        )
+        report_refs(request, [source.instance for source in sources])
+        return response
     media_type = _media_type(request, several)
     params, warnings = _params(request, media_type, _RENDER_KEYS)
     sources = await anyio.to_thread.run_sync(
@@ -102,9 +127,6 @@ async def _rendered(
     if instance is not None:
         pixels.check_frames(sources[0], numbers)
     headers = _headers(request, warnings)
-    if not several:
-        image = await _render_one(request, archive, sources[0], numbers[0], params)
-        return Response(image, media_type=media_type, headers=headers)
     jobs = (
         [(source, number) for source in sources for number in numbers]
         if instance

@@ -152,7 +152,10 @@ def test_stored_instances_and_frames_stay_in_the_lane(archives: dict[str, Any]) 
     # What the lane does not do goes to the routes: other syntaxes, several frames, ranges.
     assert not _answered_by_lane(archives, instance + "/frames/1,2", FRAMES_AS_STORED)
     assert not _answered_by_lane(archives, instance, "application/zip")
-    assert not _answered_by_lane(archives, instance + "/rendered", "image/jpeg")
+    assert _answered_by_lane(archives, instance + "/rendered", "image/jpeg")
+    assert _answered_by_lane(archives, instance + "/frames/3/rendered", "image/png")
+    assert not _answered_by_lane(archives, instance + "/rendered?window=40,400,LINEAR", "*/*")
+    assert not _answered_by_lane(archives, instance + "/frames/1,2/rendered", "*/*")
     assert not _answered_by_lane(archives, f"{ROOT}/studies?PatientID=FAST-1&fuzzy=x", None)
 
 
@@ -231,3 +234,13 @@ def test_scoped_searches_are_answered_alike(archives: dict[str, Any]) -> None:
     _same(archives, f"{ROOT}/studies/bad/series", None)
     _same(archives, f"{ROOT}/studies/{study}/studies", None)
     _same(archives, f"{ROOT}/studies/{study}/series/{series}/series", None)
+
+
+@pytest.mark.parametrize("accept", ["image/jpeg", "image/png", "image/gif", "*/*", "text/html"])
+def test_rendered_images_are_answered_alike(archives: dict[str, Any], accept: str) -> None:
+    for data in archives["parts"]:
+        study, series, sop = _paths(data)
+        instance = f"{ROOT}/studies/{study}/series/{series}/instances/{sop}"
+        _same(archives, f"{instance}/rendered", accept)
+        for frame in ("1", "3", "0", "9"):
+            _same(archives, f"{instance}/frames/{frame}/rendered", accept)
