@@ -29,6 +29,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NamedTuple
 
 #: SOP Instance UIDs are listed in a message when it names at most this many instances;
 #: beyond that only the count per SOP Class is given (the note to A.5.2 on message size).
@@ -307,9 +308,9 @@ def _object(out: list[str], item: ParticipantObject) -> None:
 # --- What requests touched -------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Touched:
-    """One instance a request involved, with its patient as far as it is known."""
+class Touched(NamedTuple):
+    """One instance a request involved, with its patient as far as it is known (a named
+    tuple: requests over a series make hundreds)."""
 
     study: str
     patient_id: str | None = None
