@@ -102,3 +102,28 @@ def test_serve_with_two_workers(tmp_path: Path) -> None:
         assert len([p for p in workers if "python" in p.name().lower()]) >= 2
     finally:
         server.stop()
+
+
+def test_two_workers_recover_before_serving_from_a_lean_supervisor(tmp_path: Path) -> None:
+    """With several workers the start-up recovery runs in a child process: it still removes
+    what an interrupted run left, and the supervisor never loads the archive's libraries."""
+    server = ServerProcess(tmp_path / "data", args=["--workers", "2"])
+    server.start()
+    server.stop()
+    abandoned = server.data_dir / "blobs" / ".staging" / "worker-that-died"
+    abandoned.mkdir(parents=True)
+    (abandoned / "half-written.part").write_bytes(b"\0" * 100)
+    server.start()
+    try:
+        assert not abandoned.exists()
+        assert "recovered from an interrupted run: removed 1 staging files" in server.log()
+        supervisor = server.process.pid  # type: ignore[union-attr]
+        mapped = Path(f"/proc/{supervisor}/maps").read_text()
+        assert "_multiarray_umath" not in mapped  # numpy, imported with pydicom
+        assert "sqlalchemy" not in mapped
+        workers = psutil.Process(supervisor).children()
+        served = [p for p in workers if "spawn_main" in " ".join(p.cmdline())]
+        assert len(served) == 2
+        assert all("_multiarray_umath" in Path(f"/proc/{p.pid}/maps").read_text() for p in served)
+    finally:
+        server.stop()

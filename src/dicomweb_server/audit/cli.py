@@ -21,16 +21,6 @@ from dicomweb_server.audit.trail import APP_NAME, AuditRecord, AuditTrail, Calle
 from dicomweb_server.settings import Settings
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", help="data folder (default ./data or DICOMWEB_DATA_DIR)")
-    parser.add_argument("--user", help="only records of this user (the token's sub)")
-    parser.add_argument("--patient", help="only records naming this Patient ID")
-    parser.add_argument("--study", help="only records naming this Study Instance UID")
-    parser.add_argument("--event", help="only this event ID, e.g. 110104")
-    parser.add_argument("--since", help="only records at or after this ISO 8601 time (UTC)")
-    parser.add_argument("--until", help="only records at or before this ISO 8601 time (UTC)")
-
-
 def criteria_of(args: argparse.Namespace) -> AuditFilter:
     return AuditFilter(
         user=args.user,
