@@ -85,7 +85,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=lambda s: [k for k in s.split(",") if k],
         help="encapsulated kinds of the multi-frame object: rle, j2k",
     )
-    add("--workers", type=int, default=1, help="worker processes of our server and the ceiling")
+    add(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="worker processes of our server and the ceiling: one per core by default, as "
+        "docs/deployment.md deploys it (Orthanc uses every core through its threads)",
+    )
     add("--no-orthanc", action="store_true", help="benchmark our server (and ceiling) only")
     add(
         "--archive-env",
