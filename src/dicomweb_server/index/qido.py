@@ -105,7 +105,7 @@ from typing import Any, Final
 
 import orjson
 from pydicom.datadict import dictionary_VR
-from sqlalchemy import Row, distinct, func, select
+from sqlalchemy import BindParameter, Row, bindparam, distinct, func, select
 
 from dicomweb_server.dicom import levels
 from dicomweb_server.index.lookup import Executor
@@ -277,29 +277,60 @@ class _StudyFacts:
     instances: int = 0
 
 
+# The per-page look-ups below are built once, with the page's keys as one expanding
+# parameter: building a select with a literal IN list per request cost twice running it.
+_PAGE_KEYS: Final[BindParameter[Any]] = bindparam("keys", expanding=True)
+
+# One row per (study, modality): a series has one modality, so the per-modality series
+# counts add up to the study's, and the instance counts likewise. Counting the join column
+# rather than the instance's key gives the same number (it is null exactly when the outer
+# join found no instance) but can be read from the series_pk index alone: on PostgreSQL no
+# instance row is visited.
+_STUDY_COUNTS_BY_MODALITY: Final = (
+    select(
+        Series.study_pk,
+        Series.modality,
+        func.count(distinct(Series.pk)),
+        func.count(Instance.series_pk),
+    )
+    .outerjoin(Instance, Instance.series_pk == Series.pk)
+    .where(Series.study_pk.in_(_PAGE_KEYS))
+    .group_by(Series.study_pk, Series.modality)
+)
+_STUDY_SOP_CLASSES: Final = (
+    select(Series.study_pk, Instance.sop_class_uid)
+    .join(Instance, Instance.series_pk == Series.pk)
+    .where(Series.study_pk.in_(_PAGE_KEYS))
+    .group_by(Series.study_pk, Instance.sop_class_uid)
+)
+_SERIES_INSTANCE_COUNTS: Final = (
+    select(Instance.series_pk, func.count())
+    .where(Instance.series_pk.in_(_PAGE_KEYS))
+    .group_by(Instance.series_pk)
+)
+_PATIENT_COUNTS_BY_ID: Final = (
+    select(
+        Study.patient_id,
+        func.count(distinct(Study.pk)),
+        func.count(distinct(Series.pk)),
+        func.count(Instance.series_pk),  # index-only, as in the study counts
+    )
+    .join(Series, Series.study_pk == Study.pk)
+    .join(Instance, Instance.series_pk == Series.pk)
+    .where(Study.patient_id.in_(_PAGE_KEYS))
+    .group_by(Study.patient_id)
+)
+
+
 def _study_facts(
     session: Executor, plan: _Plan, study_pks: Sequence[int]
 ) -> dict[int, _StudyFacts]:
     facts: dict[int, _StudyFacts] = defaultdict(_StudyFacts)
     if not study_pks:
         return facts
+    keys = {"keys": list(study_pks)}
     if plan.wants(*_STUDY_COUNTS):
-        # One row per (study, modality): a series has one modality, so the per-modality
-        # series counts add up to the study's, and the instance counts likewise. Counting
-        # the join column rather than the instance's key gives the same number (it is
-        # null exactly when the outer join found no instance) but can be read from the
-        # series_pk index alone: on PostgreSQL no instance row is visited.
-        rows = session.execute(
-            select(
-                Series.study_pk,
-                Series.modality,
-                func.count(distinct(Series.pk)),
-                func.count(Instance.series_pk),
-            )
-            .outerjoin(Instance, Instance.series_pk == Series.pk)
-            .where(Series.study_pk.in_(study_pks))
-            .group_by(Series.study_pk, Series.modality)
-        )
+        rows = session.execute(_STUDY_COUNTS_BY_MODALITY, keys)
         for study_pk, modality, series_count, instance_count in rows:
             entry = facts[study_pk]
             entry.series += series_count
@@ -307,12 +338,7 @@ def _study_facts(
             if modality:
                 entry.modalities.add(modality)
     if plan.wants(_SOP_CLASSES):
-        classes = session.execute(
-            select(Series.study_pk, Instance.sop_class_uid)
-            .join(Instance, Instance.series_pk == Series.pk)
-            .where(Series.study_pk.in_(study_pks))
-            .group_by(Series.study_pk, Instance.sop_class_uid)
-        )
+        classes = session.execute(_STUDY_SOP_CLASSES, keys)
         for study_pk, sop_class_uid in classes:
             facts[study_pk].sop_classes.add(sop_class_uid)
     return facts
@@ -321,11 +347,7 @@ def _study_facts(
 def _series_instance_counts(session: Executor, series_pks: Sequence[int]) -> dict[int, int]:
     if not series_pks:
         return {}
-    rows = session.execute(
-        select(Instance.series_pk, func.count())
-        .where(Instance.series_pk.in_(series_pks))
-        .group_by(Instance.series_pk)
-    )
+    rows = session.execute(_SERIES_INSTANCE_COUNTS, {"keys": list(series_pks)})
     return {series_pk: count for series_pk, count in rows}
 
 
@@ -336,18 +358,7 @@ def _patient_counts(
     wanted = sorted({pid for pid in patient_ids if pid})
     if not wanted:
         return {}
-    rows = session.execute(
-        select(
-            Study.patient_id,
-            func.count(distinct(Study.pk)),
-            func.count(distinct(Series.pk)),
-            func.count(Instance.series_pk),  # index-only, as in _study_facts
-        )
-        .join(Series, Series.study_pk == Study.pk)
-        .join(Instance, Instance.series_pk == Series.pk)
-        .where(Study.patient_id.in_(wanted))
-        .group_by(Study.patient_id)
-    )
+    rows = session.execute(_PATIENT_COUNTS_BY_ID, {"keys": wanted})
     return {str(pid): (studies, series, instances) for pid, studies, series, instances in rows}
 
 
@@ -547,25 +558,35 @@ _PRIMARY_KEYS: Final = {
 }
 
 
-def _page_columns(query: ParsedQuery, plan: _Plan) -> list[Any]:
+@functools.lru_cache(maxsize=512)
+def _page_columns(
+    level: QueryLevel, source_order: tuple[QueryLevel, ...], patient_counts: bool
+) -> tuple[tuple[Any, ...], tuple[tuple[int, int], ...]]:
+    """The page query's columns, and where each source's key and stored JSON are among them
+    (by position): built once per shape, not per request."""
     columns: list[Any] = [
         Study.pk.label("study_pk"),
         Study.study_instance_uid.label("study_uid"),
     ]
-    if plan.wants(*_PATIENT_COUNTS):
+    if patient_counts:
         columns.append(Study.patient_id.label("patient_id"))
-    if query.level is not QueryLevel.STUDY:
+    if level is not QueryLevel.STUDY:
         columns += [Series.pk.label("series_pk"), Series.series_instance_uid.label("series_uid")]
-    if query.level is QueryLevel.INSTANCE:
+    if level is QueryLevel.INSTANCE:
         columns += [Instance.pk.label("instance_pk"), Instance.sop_instance_uid.label("sop_uid")]
     blobs = {
         QueryLevel.STUDY: Study.attributes,
         QueryLevel.SERIES: Series.attributes,
         QueryLevel.INSTANCE: Instance.metadata_json,
     }
-    for source in plan.source_order:
+    for source in source_order:
         columns.append(blobs[source].label(_SOURCE_COLUMNS[source]))
-    return columns
+    names = [column.key for column in columns]
+    positions = tuple(
+        (names.index(_KEY_COLUMNS[source]), names.index(_SOURCE_COLUMNS[source]))
+        for source in source_order
+    )
+    return tuple(columns), positions
 
 
 def search(session: Executor, query: ParsedQuery, *, base_url: str) -> SearchResult:
@@ -596,11 +617,8 @@ def search(session: Executor, query: ParsedQuery, *, base_url: str) -> SearchRes
     """
     plan = _plan(query)
     clauses = where_clauses(query)
-    columns = _page_columns(query, plan)
-    names = [column.key for column in columns]
-    source_columns = tuple(
-        (names.index(_KEY_COLUMNS[source]), names.index(_SOURCE_COLUMNS[source]))
-        for source in plan.source_order
+    columns, source_columns = _page_columns(
+        query.level, plan.source_order, plan.wants(*_PATIENT_COUNTS)
     )
     page = (
         select_level(query, clauses, *columns)
