@@ -226,6 +226,7 @@ def test_reads_are_instances_accessed(
         (f"/studies/{a}/metadata", "application/dicom+json", {a1, a2}),
         (f"{instance}/metadata", "application/dicom+json", {a1}),
         (f"{instance}/frames/1,2", octets, {a1}),
+        (f"{instance}/frames/2", octets, {a1}),  # a single frame: answered by the fast lane
         (f"{instance}/bulk/7FE00010", octets, {a1}),
         (f"{instance}/rendered", "image/png", {a1}),
         (f"/studies/{a}/rendered", 'multipart/related; type="image/jpeg"', {a1, a2}),
