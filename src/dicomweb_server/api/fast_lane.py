@@ -4,8 +4,8 @@ A viewer scrolling a stack, or a pipeline pulling a series, sends hundreds of re
 second that are all the same few steps: one index row, one read, a little multipart framing.
 Through FastAPI those steps cost several times the work itself (matching every route,
 solving dependencies, wrapping handlers, two thread hand-offs). This layer sits where the
-router would be, inside authentication, auditing and metrics, and recognises exactly three
-requests of an unrestricted reader:
+router would be, inside authentication, auditing and metrics, and recognises these requests
+of an unrestricted reader:
 
 - a single instance as stored (``multipart/related; type="application/dicom"`` or
   ``application/dicom``, no byte range, no validator);
@@ -15,10 +15,10 @@ requests of an unrestricted reader:
 
 and it hands QIDO-RS searches straight to the search route's handler. It answers with one
 thread hand-off and the same functions the routes use, so the bytes, headers, audit records
-and metrics are the routes' own. Whatever it does not
-recognise, or whatever would answer anything but 200 (not found, not acceptable, a
-transcoding, a patient-scoped token), it hands to the application unchanged before sending a
-byte: the full routes stay the one definition of every other answer.
+and metrics are the routes' own. Whatever it does not recognise, or whatever would answer
+anything but 200 (not found, not acceptable, a transcoding, a patient-scoped token, a
+failing store), it hands to the application unchanged before sending a byte: the full routes
+stay the one definition of every other answer.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
-from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -43,8 +42,6 @@ from dicomweb_server.api.urls import base_url
 from dicomweb_server.audit.middleware import COLLECTOR_KEY, AuditCollector, touched_of
 from dicomweb_server.auth.principal import SCOPE_KEY, Permission, Principal
 from dicomweb_server.dicom.uids import is_valid_uid
-from dicomweb_server.errors import ArchiveError
-from dicomweb_server.index import lookup
 from dicomweb_server.index.lookup import InstanceRef
 from dicomweb_server.index.qido_keys import QueryLevel
 from dicomweb_server.services import pixels, retrieve
@@ -70,9 +67,6 @@ class _NotHere(Exception):
 
 
 Answer = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-#: Raised before anything is sent: the application answers the request instead.
-_HANDED_OVER = (_NotHere, ArchiveError, OSError, SQLAlchemyError)
 
 
 class FastLane:
@@ -175,9 +169,9 @@ class FastLane:
                 answer, refs = await anyio.to_thread.run_sync(
                     _metadata, archive, request, accept, study, series, instance
                 )
-        except _HANDED_OVER:
-            # The route answers it, errors included (a failing blob store or index too,
-            # which it counts and answers 503), exactly as it always does.
+        except Exception:
+            # Nothing is sent yet: the route answers it, errors included (a failing blob
+            # store or index too, which it counts and answers 503), exactly as always.
             await self.app(scope, receive, send)
             return
         path_params = {"study": study}
@@ -222,7 +216,7 @@ class FastLane:
             response = await qido.search_response(
                 Request(scope, receive), archive, level, study, series
             )
-        except _HANDED_OVER:
+        except Exception:
             # Refused queries (400, 406, ...) and failures are answered by the route.
             await self.app(scope, receive, send)
             return
@@ -268,10 +262,7 @@ def _instance(
     offer, _ = negotiate(accept, wado.INSTANCE_OFFERS)
     if offer is wado.ZIP_OFFER:
         raise _NotHere
-    with archive.reads() as connection:
-        refs = lookup.find_instances(connection, study, series, instance)
-    if len(refs) != 1:
-        raise _NotHere
+    refs = retrieve.find_instances(archive, study, series, instance)
     ref = refs[0]
     target = retrieve.choose_transfer_syntax(wado.requested_syntaxes(accept, offer), refs)
     syntax = retrieve.delivered_syntax(ref, target)

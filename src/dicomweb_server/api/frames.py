@@ -15,7 +15,7 @@ from dicomweb_server.api.deps import ArchiveDep, check_path
 from dicomweb_server.api.encoding import multipart_related_type, new_boundary
 from dicomweb_server.api.frame_media import FrameChoice, choose_frame_representation
 from dicomweb_server.api.negotiation import accept_ranges
-from dicomweb_server.api.urls import base_url
+from dicomweb_server.api.urls import base_url, instance_url
 from dicomweb_server.audit.middleware import report_refs
 from dicomweb_server.errors import NotAcceptable
 from dicomweb_server.imaging.codecs import FrameCodecError, can_transcode_frame, transcode_frame
@@ -162,10 +162,7 @@ def _frame_etag(source: pixels.FrameSource, number: int) -> str:
 
 
 def _frames_location(root: str, ref: InstanceRef) -> str:
-    return (
-        f"{root}/studies/{ref.study_instance_uid}/series/{ref.series_instance_uid}"
-        f"/instances/{ref.sop_instance_uid}/frames/"
-    )
+    return f"{instance_url(root, ref)}/frames/"
 
 
 def _part_head(boundary: str, choice: FrameChoice, location: str, number: int) -> bytes:

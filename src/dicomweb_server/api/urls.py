@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from starlette.requests import Request
 
+from dicomweb_server.index.lookup import InstanceRef
 from dicomweb_server.settings import Settings
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -58,3 +59,11 @@ def base_url(request: Request, settings: Settings) -> str:
         # Some clients send Host without the port: use the port the request came in on.
         host = f"{host}:{server[1]}"
     return f"{scheme}://{host}{prefix}{settings.url_prefix}"
+
+
+def instance_url(root: str, ref: InstanceRef) -> str:
+    """The absolute WADO-RS URL of a stored instance under the DICOMweb root `root`."""
+    return (
+        f"{root}/studies/{ref.study_instance_uid}/series/{ref.series_instance_uid}"
+        f"/instances/{ref.sop_instance_uid}"
+    )

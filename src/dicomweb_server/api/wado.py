@@ -23,7 +23,7 @@ from dicomweb_server.api.encoding import (
 )
 from dicomweb_server.api.media import MediaRange
 from dicomweb_server.api.negotiation import Offer, _admits, accept_ranges, negotiate
-from dicomweb_server.api.urls import base_url
+from dicomweb_server.api.urls import base_url, instance_url
 from dicomweb_server.audit.middleware import report_refs
 from dicomweb_server.errors import BadRequest, NotAcceptable, StorageError
 from dicomweb_server.imaging.transcode import TranscodeError
@@ -150,13 +150,9 @@ def _instance_boundary(ref: InstanceRef) -> str:
 
 
 def _part_head(boundary: str, root: str, ref: InstanceRef, syntax: str) -> bytes:
-    location = (
-        f"{root}/studies/{ref.study_instance_uid}/series/{ref.series_instance_uid}"
-        f"/instances/{ref.sop_instance_uid}"
-    )
     return (
         f"--{boundary}\r\nContent-Type: application/dicom; transfer-syntax={syntax}\r\n"
-        f"Content-Location: {location}\r\n\r\n"
+        f"Content-Location: {instance_url(root, ref)}\r\n\r\n"
     ).encode()
 
 

@@ -342,15 +342,14 @@ def group_by_patient(items: Iterable[Touched]) -> list[PatientGroup]:
     """Touched instances grouped by patient, in first-seen order; unknown patient is None."""
     # Keyed by plain tuples, with a set beside the ordered lists: a series' metadata touches
     # hundreds of instances, and list membership made this quadratic.
-    groups: dict[tuple[str | None, str | None], PatientGroup] = {}
-    seen: set[tuple[tuple[str | None, str | None], str, str, str]] = set()
+    groups: dict[tuple[str, str] | None, PatientGroup] = {}
+    seen: set[tuple[tuple[str, str] | None, str, str, str]] = set()
     for item in items:
-        key = (item.patient_id, item.patient_name)
+        known = item.patient_id is not None or item.patient_name is not None
+        key = (item.patient_id or "", item.patient_name or "") if known else None
         group = groups.get(key)
         if group is None:
-            known = item.patient_id is not None or item.patient_name is not None
-            patient = Patient(item.patient_id or "", item.patient_name or "") if known else None
-            group = groups[key] = PatientGroup(patient)
+            group = groups[key] = PatientGroup(Patient(*key) if key is not None else None)
         classes = group.studies.setdefault(item.study, {})
         if item.sop_instance is not None or item.sop_class is not None:
             sop_class = item.sop_class or ""
@@ -360,24 +359,7 @@ def group_by_patient(items: Iterable[Touched]) -> list[PatientGroup]:
                 if marker not in seen:
                     seen.add(marker)
                     uids.append(item.sop_instance)
-    return _merge_equal_patients(list(groups.values()))
-
-
-def _merge_equal_patients(groups: list[PatientGroup]) -> list[PatientGroup]:
-    """Join groups whose patients are equal though their keys differed (``None`` and ``""``
-    both mean an empty value); the common case, one patient per key, returns at once."""
-    patients = [group.patient for group in groups]
-    if len(set(patients)) == len(patients):
-        return groups
-    merged: dict[Patient | None, PatientGroup] = {}
-    for group in groups:
-        into = merged.setdefault(group.patient, PatientGroup(group.patient))
-        for study, classes in group.studies.items():
-            target = into.studies.setdefault(study, {})
-            for sop_class, uids in classes.items():
-                listed = target.setdefault(sop_class, [])
-                listed.extend(uid for uid in uids if uid not in listed)
-    return list(merged.values())
+    return list(groups.values())
 
 
 def patient_object(patient: Patient) -> ParticipantObject:
