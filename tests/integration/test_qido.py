@@ -453,6 +453,20 @@ def test_modalities_in_study_matches_any_series(modalities: Session) -> None:
     assert studies(run(modalities, STUDY, {"ModalitiesInStudy": "XA"})) == []
 
 
+def test_modalities_in_study_pagination_counts_studies_not_series(modalities: Session) -> None:
+    # Study 1.1 has two series whose modality starts with M or S: it counts once, whether
+    # the count is read off the series (ModalitiesInStudy alone) or over the studies.
+    def remaining(params: dict[str, str]) -> int:
+        return run(modalities, STUDY, {**params, "limit": "1"}).remaining
+
+    assert remaining({"ModalitiesInStudy": "MR"}) == 1
+    assert remaining({"ModalitiesInStudy": "MR\\SR\\US"}) == 2
+    assert remaining({"ModalitiesInStudy": "?R"}) == 1
+    assert remaining({"ModalitiesInStudy": "MR", "StudyInstanceUID": "1.1,1.2"}) == 1
+    assert remaining({"ModalitiesInStudy": "MR", "PatientID": "nobody"}) == 0
+    assert remaining({"ModalitiesInStudy": "CT"}) == 0
+
+
 def test_modality_multiple_values_at_series_level(modalities: Session) -> None:
     result = run(modalities, SERIES, {"Modality": "MR\\US"})
     assert series_of(result) == ["1.1.2", "1.2.1", "1.3.1"]

@@ -25,6 +25,8 @@ from __future__ import annotations
 import io
 import logging
 import math
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any, Final
 
@@ -302,7 +304,12 @@ def _grayscale_to_8bit(
         # instead of once per pixel, then index: several times faster for large frames, and
         # the same values, because the same code computes them.
         low, domain = lookup
-        table = _grayscale_to_8bit(attrs, domain, window, interpretation)
+        key = _table_key(attrs, window, interpretation, low, domain)
+        table = _tables.get(key) if key is not None else None
+        if table is None:
+            table = _grayscale_to_8bit(attrs, domain, window, interpretation)
+            if key is not None:
+                _tables.put(key, table)
         offsets = pixels.astype(np.int32) - low if low else pixels
         grey: ByteArray = np.take(table.ravel(), offsets)
         return grey
@@ -344,6 +351,78 @@ def _lookup_domain(attrs: Dataset, pixels: np.ndarray) -> tuple[int, np.ndarray]
     if high - low + 1 > pixels.size // 2:
         return None
     return low, np.arange(low, high + 1, dtype=pixels.dtype).reshape(1, -1)
+
+
+class _TableCache:
+    """Lookup tables already computed, by everything they were computed from (a small LRU).
+
+    The slices of a series share rescale and window, so a viewer scrolling through one, or
+    re-rendering what it showed before, finds the table of its first slice: building one
+    runs the pydicom pipeline over a few thousand values, about a third of a slice's
+    rendering time apart from the JPEG encoder.
+    """
+
+    def __init__(self, capacity_bytes: int) -> None:
+        self._capacity = capacity_bytes
+        self._size = 0
+        self._items: OrderedDict[tuple[object, ...], ByteArray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[object, ...]) -> ByteArray | None:
+        with self._lock:
+            table = self._items.get(key)
+            if table is not None:
+                self._items.move_to_end(key)
+            return table
+
+    def put(self, key: tuple[object, ...], table: ByteArray) -> None:
+        table.setflags(write=False)  # shared between requests: never modified
+        with self._lock:
+            if key in self._items:
+                return
+            self._items[key] = table
+            self._size += table.nbytes
+            while self._size > self._capacity and self._items:
+                _, dropped = self._items.popitem(last=False)
+                self._size -= dropped.nbytes
+
+
+_tables: Final = _TableCache(4 * 1024 * 1024)
+#: The attributes the grayscale pipeline reads besides LUT sequences and the presentation
+#: shape: present or not, and their values as stored.
+_TABLE_INPUTS: Final = (
+    "RescaleSlope",
+    "RescaleIntercept",
+    "WindowCenter",
+    "WindowWidth",
+    "VOILUTFunction",
+)
+
+
+def _table_key(
+    attrs: Dataset,
+    window: tuple[float, float, str] | None,
+    interpretation: str,
+    low: int,
+    domain: np.ndarray,
+) -> tuple[object, ...] | None:
+    """Every input of the grayscale pipeline over ``domain``, or None when not cacheable.
+
+    A stored VOI LUT is data, not a few numbers: such images are not cached (a Modality
+    LUT Sequence never reaches here, see :func:`_lookup_domain`). The values are taken as
+    stored text, so two slices share a table only when their attributes are identical.
+    """
+    if attrs.get("VOILUTSequence"):
+        return None
+    return (
+        *((keyword in attrs, repr(attrs.get(keyword))) for keyword in _TABLE_INPUTS),
+        _presentation_shape(attrs),
+        interpretation,
+        window,
+        low,
+        domain.size,
+        domain.dtype.str,
+    )
 
 
 def _presentation_shape(attrs: Dataset) -> str:

@@ -10,7 +10,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Final
 
-from sqlalchemy import Boolean, ColumnElement, Select, String, and_, exists, literal, or_, select
+from sqlalchemy import (
+    Boolean,
+    ColumnElement,
+    Select,
+    String,
+    and_,
+    distinct,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+)
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import QueryableAttribute, aliased
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -31,7 +43,13 @@ from dicomweb_server.index.qido_keys import (
     Via,
 )
 
-__all__ = ["WildcardMatch", "select_level", "where_clauses", "wildcard_match"]
+__all__ = [
+    "WildcardMatch",
+    "modalities_study_count",
+    "select_level",
+    "where_clauses",
+    "wildcard_match",
+]
 
 Column = QueryableAttribute[Any] | ColumnElement[Any]
 
@@ -139,8 +157,10 @@ def _pattern(column: Column, pattern: str, *, person_name: bool) -> ColumnElemen
     condition: ColumnElement[bool] = (
         wildcard_match(column, pattern) if wild else (column == pattern)
     )
-    if person_name and "=" not in pattern:
+    if person_name and "=" not in pattern and not pattern.endswith("*"):
         # "Doe^John" also matches "Doe^John=山田^太郎": the query names the alphabetic group.
+        # A pattern ending in "*" already matches the other groups; a second LIKE would only
+        # make the planner combine two index scans for the same rows.
         condition = or_(condition, wildcard_match(column, pattern + "=*"))
     return condition
 
@@ -243,6 +263,16 @@ def _study_exists(condition: Condition) -> ColumnElement[bool]:
         return ~exists().where(item.series_pk == other.pk, other.study_pk == Study.pk)
     sql = _matcher_sql(item.sop_class_uid, condition.key.kind, condition.matcher)
     return exists().where(item.series_pk == other.pk, other.study_pk == Study.pk, sql)
+
+
+def modalities_study_count(condition: Condition) -> Select[Any]:
+    """COUNT of the studies some series of which matches a ModalitiesInStudy condition.
+
+    The same number as counting :func:`_study_exists`'s semi-join over ``studies``, read from
+    the series index alone (see ``qido._count_statement`` for when it applies).
+    """
+    sql = _matcher_sql(Series.modality, condition.key.kind, condition.matcher)
+    return select(func.count(distinct(Series.study_pk))).where(sql)
 
 
 def select_level(

@@ -8,6 +8,9 @@ from pathlib import Path
 
 from dicomweb_server.storage.base import BlobStore, StagedBlob
 
+#: Up to this many directory flushes of a commit run in the committing thread, not side by side.
+INLINE_DIRECTORY_FLUSHES = 8
+
 
 def fsync_file(path: Path) -> None:
     """Flush a staged file's bytes; a file already consumed needs nothing.
@@ -32,6 +35,14 @@ def fsync_directory(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _ancestors(folder: Path, root: Path) -> Iterator[Path]:
+    """The folders above ``folder`` up to and including ``root``."""
+    for ancestor in folder.parents:
+        yield ancestor
+        if ancestor == root:
+            return
 
 
 class FilesystemBlobStore(BlobStore):
@@ -79,8 +90,8 @@ class FilesystemBlobStore(BlobStore):
         """Flush, rename every staged file into place, then flush each directory touched once.
 
         Renames are cheap; the directory flushes are what waits on the disk. Doing them after
-        all renames, side by side and once per directory, lets the file system's journal
-        cover a whole batch in one commit instead of one (or three, for new folders) per blob.
+        all renames, once per directory, lets the file system's journal cover a whole batch
+        in one commit instead of one (or one per new folder) per blob.
         Nothing is acknowledged before this returns, so the order of these flushes among
         themselves does not matter. On failure, blobs renamed so far stay in place: the
         caller's intents cover them and it deletes them.
@@ -93,12 +104,21 @@ class FilesystemBlobStore(BlobStore):
             parent = target.parent
             if parent not in self._known_dirs:
                 parent.mkdir(parents=True, exist_ok=True)
-                # First use by this process: another worker may have created the folders
-                # and not flushed them yet, so their entries are made durable here too.
-                directories.update((parent.parent, parent.parent.parent))
+                # First use by this process: it or another worker may just have created any
+                # folder on the way without flushing it, so every entry from the root down
+                # is made durable here too.
+                directories.update(_ancestors(parent, self.root))
             os.replace(staged.path, target)
             directories.add(parent)
-        self.run_all(fsync_directory, directories)
+        if len(directories) <= INLINE_DIRECTORY_FLUSHES:
+            # A few folders (a small batch's, or one blob's up to the root on its first use):
+            # handing each flush to another thread costs more CPU (thread wake-ups, lock
+            # hand-overs) than the flushes themselves, which on a journalling file system
+            # mostly find their change already in the first one's journal commit.
+            for directory in directories:
+                fsync_directory(directory)
+        else:
+            self.run_all(fsync_directory, directories)
         self._known_dirs.update(directories)
 
     def delete(self, key: str) -> None:

@@ -724,3 +724,33 @@ def test_params_validate_on_construction() -> None:
         RenderParams(quality=0)
     with pytest.raises(RenderError):
         SourceRegion(-1, 0)
+
+
+def test_lookup_tables_are_reused_only_for_identical_inputs() -> None:
+    # Large enough for the lookup-table path, with stored values -500..523.
+    pixels = (np.arange(128 * 128, dtype="int16").reshape(128, 128) % 1024) - 500
+    plain = _grey_dataset(pixels, WindowCenter=0, WindowWidth=400)
+    variants = [
+        plain,
+        _grey_dataset(pixels, WindowCenter=100, WindowWidth=400),
+        _grey_dataset(pixels, WindowCenter=0, WindowWidth=400, VOILUTFunction="SIGMOID"),
+        _grey_dataset(pixels, WindowCenter=0, WindowWidth=400, RescaleSlope=2, RescaleIntercept=0),
+        _grey_dataset(pixels, interpretation="MONOCHROME1", WindowCenter=0, WindowWidth=400),
+        _grey_dataset(pixels),  # no window: the frame's full range
+    ]
+    expected = [
+        _linear(pixels.astype(float), 0, 400),
+        _linear(pixels.astype(float), 100, 400),
+        _sigmoid(pixels.astype(float), 0, 400),
+        _linear(pixels * 2.0, 0, 400),
+        255 - _to_uint8(_linear(pixels.astype(float), 0, 400)),
+        _min_max_scaled(pixels.astype(float)),
+    ]
+    # Twice over, so the second round is served from tables the first one computed.
+    for _ in range(2):
+        for attrs, want in zip(variants, expected, strict=True):
+            got = _as_array(_png(attrs, pixels))
+            assert np.abs(got.astype(int) - _to_uint8(want).astype(int)).max() <= 1
+    # A window given in the request is an input too.
+    windowed = _as_array(_png(plain, pixels, window=(100.0, 400.0, "linear")))
+    assert np.array_equal(windowed, _to_uint8(_linear(pixels.astype(float), 100, 400)))
