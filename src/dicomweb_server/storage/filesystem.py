@@ -10,6 +10,8 @@ from dicomweb_server.storage.base import BlobStore, StagedBlob
 
 #: Up to this many directory flushes of a commit run in the committing thread, not side by side.
 INLINE_DIRECTORY_FLUSHES = 8
+#: Folders this process knows exist and are durable (a few days' worth of blob folders).
+_KNOWN_DIRECTORIES = 4096
 
 
 def fsync_file(path: Path) -> None:
@@ -119,6 +121,10 @@ class FilesystemBlobStore(BlobStore):
                 fsync_directory(directory)
         else:
             self.run_all(fsync_directory, directories)
+        if len(self._known_dirs) > _KNOWN_DIRECTORIES:
+            # Folders of past days are not written to again: forgetting them only costs
+            # flushing a folder's ancestors once more should one be.
+            self._known_dirs.clear()
         self._known_dirs.update(directories)
 
     def delete(self, key: str) -> None:
