@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import random
 import socket
 import ssl
 import threading
@@ -113,7 +114,29 @@ class Collector:
                 connection.close()
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as handle:
+            low, high = (int(part) for part in handle.read().split())
+            return low, high
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A free port outside the kernel's range of ephemeral ports.
+
+    Tests stop a collector and start another on the same port: a port from ``bind(0)`` is an
+    ephemeral one, which any other process's outgoing connection may be given in between
+    (seen when the suite ran beside a benchmark: "Address already in use").
+    """
+    low, high = _ephemeral_range()
+    candidates = [*range(20000, min(low, 30000)), *range(high + 1, 65536)]
+    for port in random.sample(candidates, min(len(candidates), 500)):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port outside the ephemeral range")

@@ -144,7 +144,7 @@ def test_a_collector_restart_loses_nothing(
     ca: trustme.CA, tls_files: tuple[Path, Path], trail_dir: tuple[Path, AuditStore]
 ) -> None:
     directory, store = trail_dir
-    first = Collector(ca)
+    first = Collector(ca, free_port())
     port = first.port
     sender = forwarder(directory, port, tls_files)
     sender.start()
