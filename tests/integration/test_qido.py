@@ -898,6 +898,34 @@ def test_limit_and_offset_page_through_a_stable_order(ten: Session) -> None:
     assert seen == studies(run(ten, STUDY))
 
 
+def test_patterns_and_ranges_page_in_insertion_order_with_exact_counts(session: Session) -> None:
+    # Patterns and ranges are counted before their page is read, and a few matches are read
+    # through their own index and sorted: pages must still follow insertion order.
+    names = ["Doe^Ann", "Roe^Bob", "Doe^Cy", "Doe^Di", "Poe^Ed", "Doe^Flo", "Doe^Gus"]
+    store(
+        session,
+        *(
+            study_instance(
+                f"1.{n}",
+                **{"00100010": pn(name), "00080020": attr("DA", f"202001{n:02d}")},
+            )
+            for n, name in enumerate(names, start=1)
+        ),
+    )
+    for params, expected in (
+        ({"PatientName": "Doe*"}, ["1.1", "1.3", "1.4", "1.6", "1.7"]),
+        ({"StudyDate": "20200102-20200106"}, ["1.2", "1.3", "1.4", "1.5", "1.6"]),
+        ({"PatientName": "Doe*", "StudyDate": "20200103-"}, ["1.3", "1.4", "1.6", "1.7"]),
+    ):
+        seen: list[str] = []
+        for offset in range(0, len(expected) + 2, 2):
+            result = run(session, STUDY, {**params, "limit": "2", "offset": str(offset)})
+            seen += studies(result)
+            assert result.remaining == max(len(expected) - offset - 2, 0)
+        assert seen == expected
+    assert run(session, STUDY, {"PatientName": "Nobody*", "limit": "2"}).items == []
+
+
 def test_default_limit_applies_when_none_is_given(ten: Session) -> None:
     result = run(ten, STUDY, default_limit=3)
     assert len(result.items) == 3
