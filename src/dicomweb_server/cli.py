@@ -9,9 +9,13 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from dicomweb_server import __version__
 from dicomweb_server.settings import Settings
+
+#: The application factory every worker imports.
+APP = "dicomweb_server.app:app_from_environment"
 
 
 def _settings(data_dir: str | None) -> Settings:
@@ -166,16 +170,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
             log_level=args.log_level,
             access_log=args.access_log,
         )
-    uvicorn.run(
-        "dicomweb_server.app:app_from_environment",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_level=args.log_level,
-        access_log=args.access_log,
-        timeout_graceful_shutdown=30,
-    )
+    options: dict[str, Any] = {
+        "factory": True,
+        "host": args.host,
+        "port": args.port,
+        "workers": args.workers,
+        "log_level": args.log_level,
+        "access_log": args.access_log,
+        "timeout_graceful_shutdown": 30,
+    }
+    if args.workers > 1 and args.balance == "connections":
+        from dicomweb_server.worker_pool import serve
+
+        return serve(uvicorn.Config(APP, **options), args.workers)
+    uvicorn.run(APP, **options)
     return 0
 
 
@@ -245,6 +253,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8042)
     serve.add_argument("--data-dir", help="data folder (default ./data or DICOMWEB_DATA_DIR)")
     serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument(
+        "--balance",
+        choices=("connections", "kernel"),
+        default="connections",
+        help="with several workers: 'connections' (default) hands each new connection to "
+        "the worker with the fewest open ones; 'kernel' lets workers accept from one shared "
+        "socket, where a few keep-alive clients can all land on one worker",
+    )
     serve.add_argument("--log-level", default="info")
     serve.add_argument("--no-access-log", dest="access_log", action="store_false")
     serve.add_argument(

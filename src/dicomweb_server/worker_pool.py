@@ -1,0 +1,449 @@
+"""Several uvicorn workers behind one port, each connection handed to the least busy worker.
+
+Why not uvicorn's own supervisor: there every worker accepts from one shared socket, and the
+first event loop to wake accepts every connection waiting. A gateway or viewer that opens a
+few keep-alive connections at once lands them all on one worker and never leaves it: in a
+1,000,000-instance ingest all four client connections went to one of two workers (108% of a
+core against 2%), and a test of four connections found them all on one worker in two runs of
+six. ``SO_REUSEPORT`` would spread connections by a hash of their addresses, which with a
+handful of connections is just as lopsided.
+
+So the supervisor accepts, and passes each connection's descriptor (``SCM_RIGHTS`` over a
+socket pair) to the ready worker with the fewest open connections. A worker tells the
+supervisor when it is ready (a starting or restarted worker gets no connection before it can
+serve one) and when each connection closes. The bytes of a connection never pass through the
+supervisor: after the hand-off the worker owns the socket.
+
+This module imports neither the archive nor the application: the supervisor only starts,
+watches and feeds its workers, and stays small (see ``cli._prepare_apart``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import multiprocessing
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.process import BaseProcess
+
+import uvicorn
+from uvicorn.config import STARTUP_FAILURE
+
+log = logging.getLogger("dicomweb_server")
+
+#: Worker -> supervisor: start-up finished, connections welcome.
+READY = b"R"
+#: Worker -> supervisor: one handed-over connection has closed.
+CLOSED = b"C"
+#: Supervisor -> worker: the byte that carries one descriptor.
+CONNECTION = b"F"
+
+#: How often the supervisor looks for workers that died.
+_WATCH_INTERVAL = 0.5
+#: Connections accepted per wake-up, so that worker messages are read in between.
+_ACCEPT_BATCH = 64
+
+
+@dataclass
+class _Worker:
+    """The supervisor's view of one worker process."""
+
+    process: BaseProcess
+    channel: socket.socket
+    open: int = 0
+    ready: bool = False
+    #: Ever ready: ``ready`` goes back to False when the worker stops talking.
+    served: bool = False
+    retiring: bool = False
+    started: float = field(default_factory=time.monotonic)
+
+
+def _worker_main(config: uvicorn.Config, channel: socket.socket) -> None:
+    """Entry point of a worker process (spawned: it imports what it serves itself)."""
+    config.configure_logging()
+    with contextlib.suppress(KeyboardInterrupt):
+        HandOffServer(config, channel).run()
+
+
+class HandOffServer(uvicorn.Server):
+    """A uvicorn server fed with accepted connections by its supervisor instead of a socket."""
+
+    def __init__(self, config: uvicorn.Config, channel: socket.socket) -> None:
+        super().__init__(config)
+        self._channel = channel
+        self._unsent = b""
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._receiving = False
+        self._protocol_class: type | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        # An empty list: uvicorn's start-up without a listening socket of its own.
+        await super().startup(sockets=[])
+        self._protocol_class = _closing_reporter(self.config.http_protocol_class, self._closed)
+        loop = asyncio.get_running_loop()
+        self._channel.setblocking(False)
+        loop.add_reader(self._channel.fileno(), self._receive)
+        self._receiving = True
+        self._tell(READY)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self._stop_receiving()
+        await super().shutdown(sockets=[])
+        self._channel.close()
+
+    def _stop_receiving(self) -> None:
+        if self._receiving:
+            asyncio.get_running_loop().remove_reader(self._channel.fileno())
+            self._receiving = False
+
+    def _tell(self, message: bytes) -> None:
+        """Send a message to the supervisor without ever blocking the event loop.
+
+        Messages are one byte each and the supervisor reads them as they come, so the
+        channel's buffer does not fill; should it, the rest goes with the next message.
+        """
+        pending = self._unsent + message
+        try:
+            sent = self._channel.send(pending)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            return  # the supervisor is gone; _receive ends this worker
+        self._unsent = pending[sent:]
+
+    def _receive(self) -> None:
+        while True:
+            try:
+                data, descriptors, _flags, _address = socket.recv_fds(self._channel, 1024, 64)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data, descriptors = b"", []
+            if not data and not descriptors:
+                # The supervisor is gone: nobody will hand over or count connections. (When
+                # it stops the pool it signals first, so an orderly stop says nothing here.)
+                if not self.should_exit:
+                    log.warning("worker %d: supervisor gone, shutting down", os.getpid())
+                self._stop_receiving()
+                self.should_exit = True
+                return
+            for descriptor in descriptors:
+                connection = socket.socket(fileno=descriptor)
+                task = asyncio.get_running_loop().create_task(self._serve_connection(connection))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    def _protocol(self) -> asyncio.Protocol:
+        assert self._protocol_class is not None
+        return self._protocol_class(  # type: ignore[no-any-return]
+            config=self.config,
+            server_state=self.server_state,
+            app_state=self.lifespan.state,
+        )
+
+    def _closed(self) -> None:
+        self._tell(CLOSED)
+
+    async def _serve_connection(self, connection: socket.socket) -> None:
+        connection.setblocking(False)
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(self._protocol, connection)
+        except Exception:  # the peer left before it was served: count it closed
+            connection.close()
+            self._closed()
+
+
+def _closing_reporter(base: type, closed: Callable[[], None]) -> type:
+    """The HTTP protocol class `base`, calling `closed` once its connection is lost."""
+
+    class ClosingReporter(base):  # type: ignore[misc]
+        def connection_lost(self, exc: Exception | None) -> None:
+            try:
+                super().connection_lost(exc)
+            finally:
+                closed()
+
+    return ClosingReporter
+
+
+class WorkerPool:
+    """The supervisor: accepts on the port, hands connections out, keeps `count` workers up.
+
+    Signals: SIGINT/SIGTERM stop (workers finish their requests, within uvicorn's graceful
+    time-out); SIGHUP replaces every worker, each old one serving until a new one is ready;
+    SIGTTIN/SIGTTOU add or remove a worker.
+    """
+
+    def __init__(self, config: uvicorn.Config, count: int) -> None:
+        self.config = config
+        self.count = max(1, count)
+        self.workers: list[_Worker] = []
+        self._context = multiprocessing.get_context("spawn")
+        self._selector = selectors.DefaultSelector()
+        self._listener: socket.socket | None = None
+        self._listening = False
+        self._signals: list[int] = []
+        self._turn = itertools.count()
+        self._slots = itertools.count()
+        self._status = 0
+        self._ever_ready = False
+        self._paused_until = 0.0
+
+    # -- the run -----------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Serve until told to stop; the exit status (non-zero when workers cannot start)."""
+        listener = self.config.bind_socket()
+        listener.listen(self.config.backlog)
+        listener.setblocking(False)
+        self._listener = listener
+        wake_read, wake_write = socket.socketpair()
+        wake_read.setblocking(False)
+        wake_write.setblocking(False)
+        self._selector.register(wake_read, selectors.EVENT_READ, "wake")
+        previous_wakeup = signal.set_wakeup_fd(wake_write.fileno())
+        handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU)
+        previous = {number: signal.signal(number, self._on_signal) for number in handled}
+        log.info("supervisor %d: starting %d workers", os.getpid(), self.count)
+        try:
+            for _ in range(self.count):
+                self._spawn()
+            self._loop(wake_read)
+        finally:
+            self._stop_listening()
+            listener.close()
+            self._stop_workers()
+            signal.set_wakeup_fd(previous_wakeup)
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+            self._selector.close()
+            wake_read.close()
+            wake_write.close()
+        return self._status
+
+    def _on_signal(self, number: int, _frame: object) -> None:
+        self._signals.append(number)
+
+    def _loop(self, wake: socket.socket) -> None:
+        last_watch = time.monotonic()
+        while True:
+            for key, _events in self._selector.select(timeout=_WATCH_INTERVAL):
+                if key.data == "wake":
+                    with contextlib.suppress(BlockingIOError, InterruptedError):
+                        wake.recv(4096)
+                elif key.data == "listener":
+                    self._accept()
+                else:
+                    self._read_worker(key.data)
+            if not self._handle_signals():
+                return
+            now = time.monotonic()
+            if now - last_watch >= _WATCH_INTERVAL:
+                last_watch = now
+                if not self._watch():
+                    return
+            self._update_listening()
+
+    # -- connections -------------------------------------------------------------------
+
+    def _accept(self) -> None:
+        assert self._listener is not None
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                connection, _address = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:
+                # Out of descriptors, say: leave the connections queued and look again
+                # shortly, rather than spin on a socket that stays readable.
+                log.error("supervisor: accept failed: %s", error)
+                self._paused_until = time.monotonic() + _WATCH_INTERVAL
+                self._stop_listening()
+                return
+            try:
+                self._hand_over(connection)
+            finally:
+                connection.close()  # the worker holds its own copy now (or nobody could)
+
+    def _hand_over(self, connection: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for worker in self._by_load():
+            try:
+                socket.send_fds(worker.channel, [CONNECTION], [connection.fileno()])
+            except (BlockingIOError, InterruptedError):
+                continue  # its channel is full: it is not reading, so not this one
+            except OSError:
+                self._forget(worker)
+                continue
+            worker.open += 1
+            return
+        log.error("supervisor: no worker could take a connection; it was closed")
+
+    def _by_load(self) -> list[_Worker]:
+        """Ready workers, fewest open connections first, ties taken in turn."""
+        candidates = [w for w in self.workers if w.ready and not w.retiring]
+        if not candidates:
+            candidates = [w for w in self.workers if w.ready]
+        if not candidates:
+            return []
+        turn = next(self._turn) % len(candidates)
+        rotated = candidates[turn:] + candidates[:turn]
+        return sorted(rotated, key=lambda w: w.open)
+
+    def _update_listening(self) -> None:
+        """Accept only while some worker can serve; until then connections wait in the
+        kernel's backlog rather than in a worker that is still starting."""
+        assert self._listener is not None
+        wanted = any(w.ready for w in self.workers) and time.monotonic() >= self._paused_until
+        if wanted and not self._listening:
+            self._selector.register(self._listener, selectors.EVENT_READ, "listener")
+            self._listening = True
+        elif not wanted and self._listening:
+            self._stop_listening()
+
+    def _stop_listening(self) -> None:
+        if self._listening and self._listener is not None:
+            self._selector.unregister(self._listener)
+            self._listening = False
+
+    # -- workers -----------------------------------------------------------------------
+
+    def _spawn(self) -> _Worker:
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        process = self._context.Process(
+            target=_worker_main,
+            args=(self.config, theirs),
+            name=f"dicomweb-worker-{next(self._slots)}",
+        )
+        process.start()
+        theirs.close()
+        mine.setblocking(False)
+        worker = _Worker(process=process, channel=mine)
+        self.workers.append(worker)
+        self._selector.register(mine, selectors.EVENT_READ, worker)
+        log.info("supervisor: started worker %d", process.pid)
+        return worker
+
+    def _read_worker(self, worker: _Worker) -> None:
+        try:
+            data = worker.channel.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._forget(worker)  # it is shutting down or dead; _watch reaps the process
+            return
+        if READY in data and not worker.ready:
+            worker.ready = worker.served = True
+            self._ever_ready = True
+            log.info("supervisor: worker %d ready", worker.process.pid)
+            self._retire_replaced()
+        worker.open = max(0, worker.open - data.count(CLOSED))
+
+    def _forget(self, worker: _Worker) -> None:
+        """Stop talking to a worker (its process may still be finishing its requests)."""
+        if worker.channel.fileno() != -1:
+            self._selector.unregister(worker.channel)
+            worker.channel.close()
+        worker.ready = False
+
+    def _watch(self) -> bool:
+        """Reap dead workers and replace them; False when the pool must stop."""
+        for worker in list(self.workers):
+            if worker.process.is_alive():
+                continue
+            worker.process.join()
+            self._forget(worker)
+            self.workers.remove(worker)
+            code = worker.process.exitcode
+            if worker.retiring:
+                continue
+            if not worker.served and (code == STARTUP_FAILURE or not self._ever_ready):
+                # It failed before serving: the application or its settings are broken and
+                # a replacement would fail the same way, again and again.
+                log.error(
+                    "supervisor: worker %d failed to start (exit %s); stopping",
+                    worker.process.pid,
+                    code,
+                )
+                self._status = 1
+                return False
+            log.warning(
+                "supervisor: worker %d died (exit %s); starting another", worker.process.pid, code
+            )
+            self._spawn()
+        return True
+
+    def _retire_replaced(self) -> None:
+        """After SIGHUP: old workers stop once as many new ones are ready."""
+        retiring = [w for w in self.workers if w.retiring]
+        if not retiring:
+            return
+        fresh_ready = [w for w in self.workers if not w.retiring and w.ready]
+        if len(fresh_ready) >= self.count:
+            for worker in retiring:
+                self._terminate(worker)
+
+    def _terminate(self, worker: _Worker) -> None:
+        if worker.process.is_alive() and worker.process.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.process.pid, signal.SIGTERM)
+        self._forget(worker)
+
+    def _handle_signals(self) -> bool:
+        """Act on signals received; False when the pool must stop."""
+        while self._signals:
+            number = self._signals.pop(0)
+            if number in (signal.SIGINT, signal.SIGTERM):
+                log.info("supervisor: %s, stopping", signal.Signals(number).name)
+                return False
+            if number == signal.SIGHUP:
+                log.info("supervisor: SIGHUP, replacing the workers")
+                for worker in self.workers:
+                    worker.retiring = True
+                for _ in range(self.count):
+                    self._spawn()
+            elif number == signal.SIGTTIN:
+                self.count += 1
+                self._spawn()
+            elif number == signal.SIGTTOU and self.count > 1:
+                self.count -= 1
+                serving = [w for w in self.workers if not w.retiring]
+                if serving:
+                    victim = min(serving, key=lambda w: w.open)
+                    victim.retiring = True
+                    self._terminate(victim)
+        return True
+
+    def _stop_workers(self) -> None:
+        """SIGTERM every worker, wait for their graceful shutdown, then kill what is left."""
+        for worker in self.workers:
+            self._terminate(worker)
+        deadline = time.monotonic() + (self.config.timeout_graceful_shutdown or 30) + 5
+        for worker in self.workers:
+            worker.process.join(max(0.0, deadline - time.monotonic()))
+            if worker.process.is_alive():
+                log.error(
+                    "supervisor: worker %d did not stop in time; killing it", worker.process.pid
+                )
+                worker.process.kill()
+                worker.process.join()
+        self.workers.clear()
+
+
+def serve(config: uvicorn.Config, workers: int) -> int:
+    """Run `workers` uvicorn workers for `config` behind one balancing supervisor."""
+    if sys.platform == "win32":  # pragma: no cover - descriptor passing is POSIX
+        raise RuntimeError("the worker pool needs a POSIX system")
+    return WorkerPool(config, workers).run()
