@@ -11,6 +11,7 @@ from sqlalchemy import URL, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicomweb_server.index.writer_lock import connection_class
 from dicomweb_server.settings import Settings
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "migrations"
@@ -76,6 +77,7 @@ def create_index_engine(
     pool_timeout_s: float = 30.0,
     statement_timeout_ms: int = 0,
     application_name: str | None = "dicomweb-server",
+    writer_lock: bool = False,
 ) -> Engine:
     """An engine with the per-dialect settings the archive relies on.
 
@@ -83,15 +85,24 @@ def create_index_engine(
     up to `max_overflow` opened under load; a checkout waits `pool_timeout_s` seconds for
     one, and is pinged first so that a connection the server or a firewall dropped is
     replaced instead of failing a request. The pool options do not apply to SQLite, whose
-    connections are local file handles.
+    connections are local file handles. `writer_lock` (SQLite files only) makes write
+    transactions queue on a file lock before they take SQLite's (:mod:`.writer_lock`).
     """
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
+        connect_args: dict[str, Any] = {
+            "check_same_thread": False,
+            "timeout": busy_timeout_ms / 1000,
+        }
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+            if writer_lock:
+                connect_args["factory"] = connection_class(
+                    f"{path}-writer.lock", busy_timeout_ms / 1000
+                )
         engine = create_engine(
             url,
-            connect_args={"check_same_thread": False, "timeout": busy_timeout_ms / 1000},
+            connect_args=connect_args,
             pool_size=8,
             max_overflow=16,
         )
@@ -115,7 +126,7 @@ def create_index_engine(
     )
 
 
-def index_engine(settings: Settings) -> Engine:
+def index_engine(settings: Settings, *, writer_lock: bool = False) -> Engine:
     """The archive's index engine, with the pool and session options of `settings`."""
     return create_index_engine(
         settings.resolved_database_url,
@@ -125,6 +136,7 @@ def index_engine(settings: Settings) -> Engine:
         pool_timeout_s=settings.database_pool_timeout,
         statement_timeout_ms=settings.database_statement_timeout_ms,
         application_name=settings.database_application_name,
+        writer_lock=writer_lock,
     )
 
 

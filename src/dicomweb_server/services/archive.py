@@ -28,7 +28,18 @@ def _begin_immediate(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _immediate(connection):  # type: ignore[no-untyped-def]
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # Writers of every process queue on a file lock first (index/writer_lock.py); the
+        # lock goes with the transaction's commit or rollback.
+        driver = connection.connection.driver_connection
+        acquire = getattr(driver, "acquire_writer_lock", None)
+        if acquire is not None:
+            acquire()
+        try:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            if acquire is not None:
+                driver.writer_lock.release()
+            raise
 
 
 @dataclass
@@ -62,7 +73,7 @@ class Archive:
     def open(cls, settings: Settings) -> Archive:
         engine = index_engine(settings)
         if engine.dialect.name == "sqlite":
-            write_engine = index_engine(settings)
+            write_engine = index_engine(settings, writer_lock=True)
             _begin_immediate(write_engine)
         else:
             write_engine = engine
