@@ -8,9 +8,10 @@ milliseconds of idle sleep after the winner is long done.
 So write transactions first take an advisory lock on a file beside the database, and only
 then ``BEGIN IMMEDIATE``: a writer waiting for another looks again within 2 ms of that one's
 commit, and the SQLite lock is free when it gets there. (Two workers, four clients: the time
-spent waiting to begin fell from 1.9–3.3 ms to 1.8–2.0 ms per transaction.) The file lock (``flock``) belongs to the open
-file, so it also serialises threads of one process that use different connections, and the
-kernel drops it when a process dies, so a crashed worker never leaves it held.
+spent waiting to begin fell from 1.9-3.3 ms to 1.8-2.0 ms per transaction.) The file lock
+(``flock``) belongs to the open file, so it also serialises threads of one process that use
+different connections, and the kernel drops it when a process dies, so a crashed worker
+never leaves it held.
 
 The wait is bounded by the same busy time-out as SQLite's own: a writer stuck in a
 transaction makes the others fail after it, as before, instead of hanging them.
