@@ -32,7 +32,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 
 import uvicorn
@@ -64,7 +64,6 @@ class _Worker:
     #: Ever ready: ``ready`` goes back to False when the worker stops talking.
     served: bool = False
     retiring: bool = False
-    started: float = field(default_factory=time.monotonic)
 
 
 def _worker_main(config: uvicorn.Config, channel: socket.socket) -> None:
@@ -179,8 +178,8 @@ class WorkerPool:
     """The supervisor: accepts on the port, hands connections out, keeps `count` workers up.
 
     Signals: SIGINT/SIGTERM stop (workers finish their requests, within uvicorn's graceful
-    time-out); SIGHUP replaces every worker, each old one serving until a new one is ready;
-    SIGTTIN/SIGTTOU add or remove a worker.
+    time-out); SIGHUP replaces every worker, each old one serving until a new one is ready
+    (or for good, when the new ones cannot start); SIGTTIN/SIGTTOU add or remove a worker.
     """
 
     def __init__(self, config: uvicorn.Config, count: int) -> None:
@@ -370,6 +369,8 @@ class WorkerPool:
             if worker.retiring:
                 continue
             if not worker.served and (code == STARTUP_FAILURE or not self._ever_ready):
+                if self._abandon_replacement(code):
+                    continue
                 # It failed before serving: the application or its settings are broken and
                 # a replacement would fail the same way, again and again.
                 log.error(
@@ -383,6 +384,26 @@ class WorkerPool:
                 "supervisor: worker %d died (exit %s); starting another", worker.process.pid, code
             )
             self._spawn()
+        return True
+
+    def _abandon_replacement(self, code: int | None) -> bool:
+        """After SIGHUP, a new worker that cannot start (a broken upgrade, say) leaves the
+        old workers serving instead of stopping the server; True when there were some."""
+        old = [w for w in self.workers if w.retiring and w.ready]
+        if not old:
+            return False
+        log.error(
+            "supervisor: a replacement worker failed to start (exit %s); "
+            "the %d old workers keep serving",
+            code,
+            len(old),
+        )
+        pending = [w for w in self.workers if not w.retiring]
+        for worker in old:
+            worker.retiring = False
+        for worker in pending:
+            worker.retiring = True
+            self._terminate(worker)
         return True
 
     def _retire_replaced(self) -> None:

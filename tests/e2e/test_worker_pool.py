@@ -14,7 +14,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -32,7 +32,7 @@ def _ready_workers(server: ServerProcess) -> list[int]:
     return [int(pid) for pid in READY.findall(server.log())]
 
 
-def _wait(predicate, timeout: float = 60.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
+def _wait(predicate: Callable[[], object], timeout: float = 60.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -53,7 +53,9 @@ def _live_workers(server: ServerProcess) -> set[int]:
     return live
 
 
-def _wait_ready(server: ServerProcess, count: int, exclude: set[int] = frozenset()) -> list[int]:  # type: ignore[assignment]
+def _wait_ready(
+    server: ServerProcess, count: int, exclude: frozenset[int] | set[int] = frozenset()
+) -> list[int]:
     """Pids of `count` workers that reported ready (and are alive), none of `exclude`."""
 
     def ready() -> list[int]:
@@ -124,6 +126,7 @@ def pool(tmp_path: Path) -> Iterator[ServerProcess]:
 
 def test_connections_opened_together_are_spread_over_the_workers(pool: ServerProcess) -> None:
     connections = [Connection(pool.port) for _ in range(4)]
+    fresh: list[Connection] = []
     try:
         assert [c.get() for c in connections] == [200] * 4
         holders = _holders(pool, connections)
@@ -143,11 +146,10 @@ def test_connections_opened_together_are_spread_over_the_workers(pool: ServerPro
         )
         time.sleep(0.5)  # the worker's report of the closes reaches the supervisor
         fresh = [Connection(pool.port) for _ in range(2)]
-        remaining += fresh
         assert [c.get() for c in fresh] == [200, 200]
         assert _holders(pool, fresh) == [idle, idle]
     finally:
-        for c in connections + locals().get("fresh", []):
+        for c in connections + fresh:
             c.close()
 
 

@@ -1,12 +1,17 @@
-"""A pool whose workers cannot start stops with an error instead of restarting them forever."""
+"""Workers that cannot start: a new pool stops with an error instead of restarting them
+forever, and a SIGHUP whose replacements cannot start leaves the old workers serving."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import uvicorn
 
@@ -17,6 +22,29 @@ async def app(scope, receive, send):
     if scope["type"] == "lifespan":
         await receive()
         await send({"type": "lifespan.startup.failed", "message": "index unreachable"})
+"""
+
+#: Serves 200 until a file named "broken" appears beside it; workers started after that
+#: fail their start-up, as after an upgrade that broke the application.
+BREAKABLE_APP = """
+import os, pathlib
+BROKEN = pathlib.Path(__file__).with_name("broken")
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        await receive()
+        if BROKEN.exists():
+            await send({"type": "lifespan.startup.failed", "message": "broken upgrade"})
+            return
+        await send({"type": "lifespan.startup.complete"})
+        await receive()
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    await receive()
+    body = str(os.getpid()).encode()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
 """
 
 
@@ -40,3 +68,54 @@ def test_workers_that_fail_to_start_stop_the_pool(
     status = WorkerPool(config, 2).run()
     assert status == 1
     assert time.monotonic() - started < 60
+
+
+def _pids(url: str, tries: int = 20) -> set[str]:
+    """Worker pids that answered `tries` requests, each on a new connection."""
+    return {httpx.get(url, headers={"Connection": "close"}, timeout=10).text for _ in range(tries)}
+
+
+def test_sighup_with_replacements_that_cannot_start_keeps_the_old_workers(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "breakable_app.py").write_text(BREAKABLE_APP)
+    port = _free_port()
+    program = (
+        "import sys, uvicorn; from dicomweb_server.worker_pool import WorkerPool; "
+        f"sys.exit(WorkerPool(uvicorn.Config('breakable_app:app', host='127.0.0.1', "
+        f"port={port}, lifespan='on', log_level='error'), 2).run())"
+    )
+    log = (tmp_path / "pool.log").open("wb")
+    pool = subprocess.Popen(
+        [sys.executable, "-c", program],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 60
+        before: set[str] = set()
+        while len(before) < 2 and time.monotonic() < deadline:
+            try:
+                before |= _pids(url, 4)
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        assert len(before) == 2
+
+        (tmp_path / "broken").touch()
+        pool.send_signal(signal.SIGHUP)
+        text = ""
+        while "keep serving" not in text and time.monotonic() < deadline + 30:
+            time.sleep(0.2)
+            text = (tmp_path / "pool.log").read_text()
+        assert "keep serving" in text
+
+        assert pool.poll() is None
+        assert _pids(url) <= before  # the same two workers, nothing refused
+        pool.send_signal(signal.SIGTERM)
+        assert pool.wait(30) == 0
+    finally:
+        pool.kill()
+        pool.wait()

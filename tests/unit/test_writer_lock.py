@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from dicomweb_server.index.database import create_index_engine
 from dicomweb_server.index.writer_lock import WriterLock, WriterLockTimeout
@@ -110,3 +111,19 @@ def test_a_dead_process_never_leaves_the_lock_held(tmp_path: Path) -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_a_timed_out_wait_is_an_index_error_and_leaves_the_engine_usable(tmp_path: Path) -> None:
+    """The app answers SQLAlchemy's DBAPIError with a 503, as for SQLite's own lock time-out."""
+    database = tmp_path / "index.db"
+    engine = _write_engine(database, busy_timeout_ms=200)
+    holder = WriterLock(f"{database}-writer.lock", 1.0)
+    holder.acquire()
+    try:
+        with pytest.raises(DBAPIError, match="database is locked"), engine.begin():
+            pass
+    finally:
+        holder.close()
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TABLE t (v INTEGER)"))
+    engine.dispose()

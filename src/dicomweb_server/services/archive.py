@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, event
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomweb_server.index.database import index_engine, session_factory
 from dicomweb_server.index.statistics import PlannerStatistics
+from dicomweb_server.index.writer_lock import WriterLockTimeout
 from dicomweb_server.services.leases import WorkerLease
 from dicomweb_server.settings import Settings
 from dicomweb_server.storage import BlobStore, open_blob_store
@@ -33,7 +35,11 @@ def _begin_immediate(engine: Engine) -> None:
         driver = connection.connection.driver_connection
         acquire = getattr(driver, "acquire_writer_lock", None)
         if acquire is not None:
-            acquire()
+            try:
+                acquire()
+            except WriterLockTimeout as timeout:
+                # As SQLite's own "database is locked": an index error (503), not a bug.
+                raise OperationalError("BEGIN IMMEDIATE", None, timeout) from timeout
         try:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
         except BaseException:
