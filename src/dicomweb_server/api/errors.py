@@ -43,27 +43,37 @@ def error_response(
     )
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ArchiveError)
-    async def _archive_error(request: Request, exc: ArchiveError) -> Response:
+def backend_error_response(request: Request, exc: Exception) -> Response | None:
+    """The answer to an archive, index or storage error; ``None`` for any other exception.
+
+    Shared by the exception handlers and the fast lane, which answers without them.
+    """
+    if isinstance(exc, ArchiveError):
         if exc.status_code >= 500:
             log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
         count_backend_error(request.scope, exc)  # a StorageError; other ArchiveErrors are not
         return error_response(request, exc.status_code, exc.message, exc.headers)
-
-    @app.exception_handler(DBAPIError)
-    async def _index_error(request: Request, exc: DBAPIError) -> Response:
+    if isinstance(exc, DBAPIError):
         log.error("%s %s: index error: %s", request.method, request.url.path, exc)
         count_backend_error(request.scope, exc)
         return error_response(request, 503, "the index database is unavailable; retry later")
-
-    @app.exception_handler(OSError)
-    async def _storage_error(request: Request, exc: OSError) -> Response:
+    if isinstance(exc, OSError):
         log.error("%s %s: storage error: %s", request.method, request.url.path, exc)
         count_backend_error(request.scope, exc)
         return error_response(
             request, 503, f"the blob store is unavailable ({exc.strerror or exc}); retry later"
         )
+    return None
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def _backend_error(request: Request, exc: Exception) -> Response:
+        response = backend_error_response(request, exc)
+        assert response is not None  # registered for exactly the types it answers
+        return response
+
+    for kind in (ArchiveError, DBAPIError, OSError):
+        app.add_exception_handler(kind, _backend_error)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:

@@ -13,12 +13,15 @@ of an unrestricted reader:
 - the DICOM JSON metadata of a study, series or instance;
 - an instance or one of its frames rendered with the default parameters;
 
-and it hands QIDO-RS searches straight to the search route's handler. It answers with one
+and it hands QIDO-RS searches and STOW-RS stores of an unrestricted writer straight to their
+routes' handlers. It answers with one
 thread hand-off and the same functions the routes use, so the bytes, headers, audit records
 and metrics are the routes' own. Whatever it does not recognise, or whatever would answer
 anything but 200 (not found, not acceptable, a transcoding, a patient-scoped token, a
 failing store), it hands to the application unchanged before sending a byte: the full routes
-stay the one definition of every other answer.
+stay the one definition of every other answer. A store cannot be handed on once its body is
+being read, so its errors are answered here by the same function the application's error
+handlers use.
 """
 
 from __future__ import annotations
@@ -33,8 +36,9 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dicomweb_server.api import frames as frames_api
-from dicomweb_server.api import qido, rendered, wado
+from dicomweb_server.api import qido, rendered, stow, wado
 from dicomweb_server.api.encoding import DICOM_XML
+from dicomweb_server.api.errors import backend_error_response
 from dicomweb_server.api.frame_media import choose_frame_representation
 from dicomweb_server.api.media import MediaRange, parse_accept
 from dicomweb_server.api.negotiation import negotiate
@@ -83,6 +87,7 @@ class FastLane:
         self._search_pattern = re.compile(
             rf"{re.escape(root)}(?:/studies/{uid}(?:/series/{uid})?)?/(studies|series|instances)"
         )
+        self._store_pattern = re.compile(rf"{re.escape(root)}/studies(?:/{uid})?")
         study = root + "/studies/{study}"
         series = study + "/series/{series}"
         instance = series + "/instances/{instance}"
@@ -95,6 +100,7 @@ class FastLane:
             "instance-rendered": _Route(instance + "/rendered"),
             "frames-rendered": _Route(instance + "/frames/{frames}/rendered"),
             "studies": _Route(root + "/studies"),
+            "study": _Route(study),
             "series": _Route(root + "/series"),
             "instances": _Route(root + "/instances"),
             "study-series": _Route(study + "/series"),
@@ -104,10 +110,25 @@ class FastLane:
         self._accepts: dict[bytes, list[MediaRange]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "GET":
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         principal: Principal | None = scope.get("state", {}).get(SCOPE_KEY)
+        if scope["method"] == "POST":
+            store = self._store_pattern.fullmatch(scope["path"])
+            if (
+                store is None
+                or principal is None
+                or principal.patient is not None
+                or not principal.allows(Permission.WRITE)
+            ):
+                await self.app(scope, receive, send)
+                return
+            await self._store(scope, receive, send, store.group(1))
+            return
+        if scope["method"] != "GET":
+            await self.app(scope, receive, send)
+            return
         if (
             principal is None
             or principal.patient is not None
@@ -220,6 +241,20 @@ class FastLane:
             # Refused queries (400, 406, ...) and failures are answered by the route.
             await self.app(scope, receive, send)
             return
+        await response(scope, receive, send)
+
+    async def _store(self, scope: Scope, receive: Receive, send: Send, study: str | None) -> None:
+        """STOW-RS: the store route's own handler; its errors answered as the handlers do."""
+        scope["route"] = self._routes["study" if study is not None else "studies"]
+        scope["path_params"] = {"study": study} if study is not None else {}
+        request = Request(scope, receive)
+        try:
+            response = await stow.store_response(request, scope["app"].state.archive, study)
+        except Exception as exc:
+            answer = backend_error_response(request, exc)
+            if answer is None:
+                raise
+            response = answer
         await response(scope, receive, send)
 
     def _accept(self, scope: Scope) -> list[MediaRange] | None:

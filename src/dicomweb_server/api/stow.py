@@ -178,7 +178,8 @@ class _Ingest:
         self.batch = []
 
 
-async def _store(request: Request, archive: Archive, study_uid: str | None) -> Response:
+async def store_response(request: Request, archive: Archive, study_uid: str | None) -> Response:
+    """Receive, store and answer one STOW-RS request (the routes' and the fast lane's)."""
     if study_uid is not None:
         check_uid(study_uid, "Study Instance")
     boundary = _boundary(request)
@@ -251,10 +252,10 @@ async def _store(request: Request, archive: Archive, study_uid: str | None) -> R
 @router.post("/studies")
 async def store_instances(request: Request) -> Response:
     """Store instances of any studies."""
-    return await _store(request, get_archive(request), None)
+    return await store_response(request, get_archive(request), None)
 
 
 @router.post("/studies/{study}")
 async def store_study_instances(request: Request, study: str) -> Response:
     """Store instances that must belong to the given study."""
-    return await _store(request, get_archive(request), study)
+    return await store_response(request, get_archive(request), study)

@@ -244,3 +244,45 @@ def test_rendered_images_are_answered_alike(archives: dict[str, Any], accept: st
         _same(archives, f"{instance}/rendered", accept)
         for frame in ("1", "3", "0", "9"):
             _same(archives, f"{instance}/frames/{frame}/rendered", accept)
+
+
+def _same_store(
+    archives: dict[str, Any], path: str, body: bytes, content_type: str | None, **extra: str
+) -> tuple[int, bool]:
+    """POST the same body to both archives; (status, whether the lane answered it)."""
+    headers = {**({"Content-Type": content_type} if content_type else {}), **extra}
+    counter: _RouterCount = archives["counter"]
+    before = len(counter.paths)
+    fast = archives["fast"].post(path, content=body, headers=headers)
+    kept = len(counter.paths) == before
+    full = archives["full"].post(path, content=body, headers=headers)
+    assert _normalised(fast) == _normalised(full), (path, content_type, fast.text)
+    return int(fast.status_code), kept
+
+
+def test_stores_are_answered_alike_and_stay_in_the_lane(archives: dict[str, Any]) -> None:
+    study = generate_uid()
+    new = make_ct(study_uid=study, series_uid=generate_uid(), patient_id="FAST-2")
+    other = make_ct(patient_id="FAST-3")
+    dicom = stow_content_type()
+    studies = f"{ROOT}/studies"
+    cases: list[tuple[str, bytes, str | None, dict[str, str], int]] = [
+        (studies, multipart([new]), dicom, {}, 200),
+        (studies, multipart([new]), dicom, {}, 200),  # already stored: the same bytes
+        (f"{studies}/{study}", multipart([other]), dicom, {}, 409),  # another study
+        (studies, multipart([other, b"not DICOM"]), dicom, {}, 202),
+        (studies, multipart([new]), dicom, {"Accept": "application/dicom+xml"}, 200),
+        (studies, multipart([new]), dicom, {"Accept": "text/html"}, 406),
+        (f"{studies}/1.2.x", multipart([new]), dicom, {}, 400),
+        (studies, multipart([new]), "application/dicom", {}, 415),
+        (studies, multipart([new]), 'multipart/related; type="application/dicom"', {}, 400),
+        (studies, multipart([new]), None, {}, 415),
+        (studies, b"no parts here", dicom, {}, 400),
+        (studies, multipart([new])[:-200], dicom, {}, 400),  # ends inside its only part
+    ]
+    for path, body, content_type, extra, expected in cases:
+        status, kept = _same_store(archives, path, body, content_type, **extra)
+        assert (status, kept) == (expected, True), (path, content_type, extra)
+    # The same instances are stored in both, and found alike.
+    _same(archives, f"{ROOT}/studies?PatientID=FAST-2", None)
+    _same(archives, f"{ROOT}/studies?PatientID=FAST-3", None)
