@@ -182,7 +182,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.workers > 1 and args.balance == "connections":
         from dicomweb_server.worker_pool import serve
 
-        return serve(uvicorn.Config(APP, **options), args.workers)
+        return serve(uvicorn.Config(APP, **options), args.workers, settings.worker_timeout_seconds)
     uvicorn.run(APP, **options)
     return 0
 

@@ -80,6 +80,13 @@ class Settings(BaseSettings):
         "index before other workers treat it as gone and clean up its unfinished stores. "
         "Hosts sharing an index need clocks that agree well within this.",
     )
+    worker_timeout_seconds: float = Field(
+        default=60.0,
+        ge=0.0,
+        description="With serve --workers N (N > 1): a worker whose event loop has not "
+        "answered its supervisor for this long (stuck, or the process stopped) is killed and "
+        "replaced; 0 never does. Silent for a few seconds, it already gets no new connection.",
+    )
 
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

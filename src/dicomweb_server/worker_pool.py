@@ -14,6 +14,11 @@ supervisor when it is ready (a starting or restarted worker gets no connection b
 serve one) and when each connection closes. The bytes of a connection never pass through the
 supervisor: after the hand-off the worker owns the socket.
 
+A worker's event loop also says it is alive once a second. One that has gone quiet for a few
+seconds (stopped, or its event loop blocked by a bug) is handed no new connection; one quiet
+for the worker time-out is killed and replaced, as a dead one is: a hung worker would
+otherwise hold its connections, and any handed to it, unanswered for good.
+
 This module imports neither the archive nor the application: the supervisor only starts,
 watches and feeds its workers, and stays small (see ``cli._prepare_apart``).
 """
@@ -32,7 +37,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 
 import uvicorn
@@ -44,8 +49,16 @@ log = logging.getLogger("dicomweb_server")
 READY = b"R"
 #: Worker -> supervisor: one handed-over connection has closed.
 CLOSED = b"C"
+#: Worker -> supervisor: the event loop is turning (sent once a second).
+HEARTBEAT = b"H"
 #: Supervisor -> worker: the byte that carries one descriptor.
 CONNECTION = b"F"
+
+#: uvicorn's main loop ticks ten times a second; a heartbeat goes with every tenth tick.
+_HEARTBEAT_TICKS = 10
+#: A worker silent this long gets no new connection while others answer (at most half the
+#: worker time-out).
+_QUIET_AFTER = 5.0
 
 #: How often the supervisor looks for workers that died.
 _WATCH_INTERVAL = 0.5
@@ -64,6 +77,8 @@ class _Worker:
     #: Ever ready: ``ready`` goes back to False when the worker stops talking.
     served: bool = False
     retiring: bool = False
+    #: When the worker last said anything (monotonic clock).
+    heard: float = field(default_factory=time.monotonic)
 
 
 def _worker_main(config: uvicorn.Config, channel: socket.socket) -> None:
@@ -98,6 +113,12 @@ class HandOffServer(uvicorn.Server):
         self._stop_receiving()
         await super().shutdown(sockets=[])
         self._channel.close()
+
+    async def on_tick(self, counter: int) -> bool:
+        # Ticks run on the event loop: when they stop, so do the heartbeats.
+        if counter % _HEARTBEAT_TICKS == 0 and self._receiving:
+            self._tell(HEARTBEAT)
+        return await super().on_tick(counter)
 
     def _stop_receiving(self) -> None:
         if self._receiving:
@@ -180,11 +201,14 @@ class WorkerPool:
     Signals: SIGINT/SIGTERM stop (workers finish their requests, within uvicorn's graceful
     time-out); SIGHUP replaces every worker, each old one serving until a new one is ready
     (or for good, when the new ones cannot start); SIGTTIN/SIGTTOU add or remove a worker.
+    A serving worker silent for `timeout` seconds is killed and replaced (0: never).
     """
 
-    def __init__(self, config: uvicorn.Config, count: int) -> None:
+    def __init__(self, config: uvicorn.Config, count: int, timeout: float = 60.0) -> None:
         self.config = config
         self.count = max(1, count)
+        self.timeout = max(0.0, timeout)
+        self.quiet_after = min(_QUIET_AFTER, self.timeout / 2) if self.timeout else _QUIET_AFTER
         self.workers: list[_Worker] = []
         self._context = multiprocessing.get_context("spawn")
         self._selector = selectors.DefaultSelector()
@@ -289,10 +313,13 @@ class WorkerPool:
         log.error("supervisor: no worker could take a connection; it was closed")
 
     def _by_load(self) -> list[_Worker]:
-        """Ready workers, fewest open connections first, ties taken in turn."""
-        candidates = [w for w in self.workers if w.ready and not w.retiring]
+        """Ready workers, fewest open connections first, ties taken in turn; workers that
+        went quiet or are retiring only when there is no other."""
+        quiet = time.monotonic() - self.quiet_after
+        ready = [w for w in self.workers if w.ready]
+        candidates = [w for w in ready if not w.retiring and w.heard >= quiet]
         if not candidates:
-            candidates = [w for w in self.workers if w.ready]
+            candidates = [w for w in ready if w.heard >= quiet] or ready
         if not candidates:
             return []
         turn = next(self._turn) % len(candidates)
@@ -343,6 +370,7 @@ class WorkerPool:
         if not data:
             self._forget(worker)  # it is shutting down or dead; _watch reaps the process
             return
+        worker.heard = time.monotonic()
         if READY in data and not worker.ready:
             worker.ready = worker.served = True
             self._ever_ready = True
@@ -359,6 +387,7 @@ class WorkerPool:
 
     def _watch(self) -> bool:
         """Reap dead workers and replace them; False when the pool must stop."""
+        self._kill_hung()
         for worker in list(self.workers):
             if worker.process.is_alive():
                 continue
@@ -385,6 +414,26 @@ class WorkerPool:
             )
             self._spawn()
         return True
+
+    def _kill_hung(self) -> None:
+        """Kill serving workers silent for the time-out; `_watch` then replaces them."""
+        if not self.timeout:
+            return
+        now = time.monotonic()
+        for worker in self.workers:
+            silent = now - worker.heard
+            if not worker.ready or worker.retiring or silent < self.timeout:
+                continue
+            log.error(
+                "supervisor: worker %d has not answered for %.0f s (its event loop is stuck "
+                "or the process stopped); killing it",
+                worker.process.pid,
+                silent,
+            )
+            if worker.process.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker.process.pid, signal.SIGKILL)
+            self._forget(worker)
 
     def _abandon_replacement(self, code: int | None) -> bool:
         """After SIGHUP, a new worker that cannot start (a broken upgrade, say) leaves the
@@ -463,8 +512,9 @@ class WorkerPool:
         self.workers.clear()
 
 
-def serve(config: uvicorn.Config, workers: int) -> int:
-    """Run `workers` uvicorn workers for `config` behind one balancing supervisor."""
+def serve(config: uvicorn.Config, workers: int, timeout: float = 60.0) -> int:
+    """Run `workers` uvicorn workers for `config` behind one balancing supervisor; a worker
+    silent for `timeout` seconds is replaced (0: never)."""
     if sys.platform == "win32":  # pragma: no cover - descriptor passing is POSIX
         raise RuntimeError("the worker pool needs a POSIX system")
-    return WorkerPool(config, workers).run()
+    return WorkerPool(config, workers, timeout).run()

@@ -234,3 +234,38 @@ def test_balance_kernel_keeps_uvicorn_shared_socket(tmp_path: Path) -> None:
         assert not _ready_workers(server)  # no hand-off supervisor in this mode
     finally:
         server.stop()
+
+
+def test_a_stopped_worker_gets_no_connections_and_is_replaced(tmp_path: Path) -> None:
+    """SIGSTOP stands for a worker whose event loop hangs: it stops answering its supervisor.
+    Quiet for a few seconds it gets no new connection; quiet for the time-out it is killed
+    and a new worker takes its place."""
+    server = ServerProcess(
+        tmp_path / "data",
+        env={"DICOMWEB_WORKER_TIMEOUT_SECONDS": "6"},
+        args=["--workers", "2", "--log-level", "info"],
+    )
+    server.start()
+    connections: list[Connection] = []
+    try:
+        before = set(_wait_ready(server, 2))
+        stopped = min(before)
+        survivor = max(before)
+        os.kill(stopped, signal.SIGSTOP)
+        time.sleep(4)  # past the quiet threshold (half the time-out), before the time-out
+        connections = [Connection(server.port) for _ in range(4)]
+        assert [c.get() for c in connections] == [200] * 4
+        assert _holders(server, connections) == [survivor] * 4
+
+        _wait(lambda: stopped not in _live_workers(server), timeout=30, what="the kill")
+        assert "has not answered for" in server.log()
+        (replacement,) = _wait_ready(server, 1, exclude=before)
+        fresh = [Connection(server.port) for _ in range(2)]
+        connections += fresh
+        assert [c.get() for c in fresh] == [200, 200]
+        # The survivor holds four: both new connections go to the replacement.
+        assert _holders(server, fresh) == [replacement, replacement]
+    finally:
+        for c in connections:
+            c.close()
+        server.stop()
