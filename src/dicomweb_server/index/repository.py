@@ -321,12 +321,26 @@ def _chunks(values: Sequence[Any]) -> Iterator[list[Any]]:
 
 
 def remove_intents(target: Connection | Session, keys: Sequence[str]) -> int:
-    """Remove the intents of ``keys``; returns how many there were."""
+    """Remove the intents of ``keys``; returns how many there were.
+
+    On PostgreSQL the look-up is kept on the ``blob_key`` index whatever the statistics say.
+    The intents table is a queue: nearly empty at any moment, but its pages and index hold
+    the dead rows of every store since the last vacuum. Planned from such statistics, the
+    index costs as if every key read it all, and the planner scanned the table instead:
+    measured, 13-29 ms per batch of 50 at 270,000 stored instances (growing with every store,
+    which made ingest slow down as the archive grew) against 0.9 ms through the index.
+    """
     connection = _connection(target)
+    postgres = connection.dialect.name == "postgresql"
+    if postgres:
+        connection.exec_driver_sql("SET LOCAL enable_seqscan = off")
     removed = 0
     for chunk in _chunks(keys):
         result = connection.execute(_prepared(connection).delete_intents, {"keys": chunk})
         removed += result.rowcount
+    if postgres:
+        # Only for these statements (a failure rolls the setting back with the transaction).
+        connection.exec_driver_sql("SET LOCAL enable_seqscan TO DEFAULT")
     return removed
 
 
