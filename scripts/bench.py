@@ -36,6 +36,7 @@ from benchlib.client import Request, fetch
 from benchlib.report import Scenario, print_summary, write_json
 from benchlib.runner import Bench
 from benchlib.servers import (
+    OURS,
     MemoryMonitor,
     orthanc_available,
     start_archive,
@@ -261,6 +262,12 @@ def main(argv: list[str] | None = None) -> int:
             began = time.monotonic()
             run_large(bench, workdir, monitor)
             extra["large_index_minutes"] = round((time.monotonic() - began) / 60, 1)
+            # The PostgreSQL server is ours too: its peak (sampled through its scenarios)
+            # counts towards the memory target.
+            for scenario in bench.scenarios:
+                figures = scenario.figures.get(OURS)
+                if scenario.key.startswith("large_") and figures is not None:
+                    memory[OURS] = max(memory.get(OURS, 0.0), figures.rss_peak_mb)
             print(f"\nlarge-index scenario took {extra['large_index_minutes']} minutes")
         print_summary(bench.scenarios, memory, args.memory_limit_mb)
         if args.output:
