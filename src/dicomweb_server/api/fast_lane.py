@@ -1,4 +1,4 @@
-"""The fast lane: the hottest read requests answered without the framework's routing.
+"""The fast lane: the hottest requests answered without the framework's routing.
 
 A viewer scrolling a stack, or a pipeline pulling a series, sends hundreds of requests a
 second that are all the same few steps: one index row, one read, a little multipart framing.
@@ -13,15 +13,14 @@ of an unrestricted reader:
 - the DICOM JSON metadata of a study, series or instance;
 - an instance or one of its frames rendered with the default parameters;
 
-and it hands QIDO-RS searches and STOW-RS stores of an unrestricted writer straight to their
-routes' handlers. It answers with one
-thread hand-off and the same functions the routes use, so the bytes, headers, audit records
-and metrics are the routes' own. Whatever it does not recognise, or whatever would answer
-anything but 200 (not found, not acceptable, a transcoding, a patient-scoped token, a
-failing store), it hands to the application unchanged before sending a byte: the full routes
-stay the one definition of every other answer. A store cannot be handed on once its body is
-being read, so its errors are answered here by the same function the application's error
-handlers use.
+and it hands QIDO-RS searches, and STOW-RS stores of an unrestricted writer, straight to
+their routes' handlers. It answers with one thread hand-off and the same functions the routes
+use, so the bytes, headers, audit records and metrics are the routes' own. Whatever it does
+not recognise, or whatever would answer anything but 200 (not found, not acceptable, a
+transcoding, a patient-scoped token, a failing store), it hands to the application unchanged
+before sending a byte: the full routes stay the one definition of every other answer. A
+store cannot be handed on once its body is being read, so its errors are answered here by the
+same function the application's error handlers use.
 """
 
 from __future__ import annotations

@@ -330,6 +330,8 @@ def remove_intents(target: Connection | Session, keys: Sequence[str]) -> int:
     measured, 13-29 ms per batch of 50 at 270,000 stored instances (growing with every store,
     which made ingest slow down as the archive grew) against 0.9 ms through the index.
     """
+    if not keys:
+        return 0
     connection = _connection(target)
     postgres = connection.dialect.name == "postgresql"
     if postgres:

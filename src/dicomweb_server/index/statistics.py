@@ -110,6 +110,11 @@ class PlannerStatistics:
                     self._vacuum(connection, churned)
                 if pending:
                     self._analyze(connection, pending)
+        except Exception as exc:  # no connection: try again after the next stores
+            log.warning("could not reach the index to maintain it: %s", exc)
+            with self._lock:
+                self._pending += pending
+                self._churned += churned
         finally:
             with self._lock:
                 self._running = None
