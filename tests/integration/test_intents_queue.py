@@ -8,12 +8,13 @@ gathered from the nearly empty table) and look at what PostgreSQL does with it.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, event, text
+from sqlalchemy import Engine, text
 
 from dicomweb_server.index import repository
 from dicomweb_server.index.database import create_index_engine
@@ -69,23 +70,37 @@ def test_removing_intents_uses_the_index_of_a_churned_queue(engine: Engine) -> N
     with engine.begin() as connection:
         connection.exec_driver_sql("ANALYZE blob_intents")
     keys = [f"live/{number}" for number in range(BATCH)]
-    plans: list[dict[str, Any]] = []
-
-    def explain(conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
-        if statement.lstrip().upper().startswith("DELETE FROM BLOB_INTENTS"):
-            cursor.execute("EXPLAIN (FORMAT JSON) " + statement, parameters)
-            plans.append(cursor.fetchone()[0][0]["Plan"])
-
     with engine.begin() as connection:
         repository.add_intents(connection, keys, "live")
     with engine.connect() as connection, connection.begin():
-        event.listen(engine, "before_cursor_execute", explain)
+        # The plans PostgreSQL executes, whoever sends the statements: auto_explain reports
+        # each one to this session as a notice.
+        notices: list[str] = []
+        driver = connection.connection.driver_connection
+        assert driver is not None
+
+        def heard(diagnostic: Any) -> None:
+            notices.append(diagnostic.message_primary or "")
+
+        driver.add_notice_handler(heard)
+        for statement in (
+            "LOAD 'auto_explain'",
+            "SET LOCAL auto_explain.log_min_duration = 0",
+            "SET LOCAL auto_explain.log_format = 'json'",
+            "SET LOCAL auto_explain.log_level = 'notice'",
+        ):
+            connection.exec_driver_sql(statement)
         try:
             removed = repository.remove_intents(connection, keys)
         finally:
-            event.remove(engine, "before_cursor_execute", explain)
+            driver.remove_notice_handler(heard)
         # Only for the removal: the rest of the transaction plans as configured.
         assert connection.scalar(text("SELECT current_setting('enable_seqscan')")) == "on"
+    plans = [
+        explained["Plan"]
+        for explained in (json.loads(notice.partition("plan:")[2]) for notice in notices)
+        if explained["Query Text"].lstrip().upper().startswith("DELETE FROM BLOB_INTENTS")
+    ]
     assert removed == BATCH
     assert plans, "the removal was not seen"
     for plan in plans:

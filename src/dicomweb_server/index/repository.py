@@ -11,7 +11,16 @@ from sqlalchemy import Connection, Table, bindparam, delete, insert, select, upd
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from dicomweb_server.index.models import Base, BlobIntent, Instance, Series, SeriesRequest, Study
+from dicomweb_server.index import driver_sql
+from dicomweb_server.index.models import (
+    Base,
+    BlobIntent,
+    Instance,
+    Series,
+    SeriesRequest,
+    Study,
+    utcnow,
+)
 from dicomweb_server.index.records import InstanceRecord
 
 
@@ -50,6 +59,11 @@ def _columns(row: Any) -> dict[str, Any]:
     return {name: getattr(row, name) for name in _field_names(type(row))}
 
 
+def _values(row: Any) -> list[Any]:
+    """A dataclass's field values in field order (the driver statements' column order)."""
+    return [getattr(row, name) for name in _field_names(type(row))]
+
+
 def _table(model: type[Base]) -> Table:
     return cast(Table, model.__table__)
 
@@ -65,21 +79,9 @@ class _Statements:
     def __init__(self, dialect: str) -> None:
         insert_for = postgresql.insert if dialect == "postgresql" else sqlite.insert
         studies, series = _table(Study), _table(Series)
-        instances, intents = _table(Instance), _table(BlobIntent)
-        # Stores lock their study in KEY SHARE mode, deletes in UPDATE mode (see lock_study):
-        # stores into one study run side by side, but never beside a delete of it.
-        self.study_pk = (
-            select(studies.c.pk)
-            .where(studies.c.study_instance_uid == bindparam("uid"))
-            .with_for_update(key_share=True)
-        )
+        instances = _table(Instance)
         self.insert_study = insert_for(studies).on_conflict_do_nothing(
             index_elements=["study_instance_uid"]
-        )
-        self.series = (
-            select(series.c.pk, series.c.study_pk, studies.c.study_instance_uid)
-            .join(studies, series.c.study_pk == studies.c.pk)
-            .where(series.c.series_instance_uid == bindparam("uid"))
         )
         self.insert_series = (
             insert_for(series)
@@ -87,26 +89,9 @@ class _Statements:
             .returning(series.c.pk)
         )
         self.insert_request = insert(_table(SeriesRequest))
-        self.insert_instance = (
-            insert_for(instances)
-            .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
-            .returning(instances.c.pk)
-        )
-        self.insert_instances = (
-            insert_for(instances)
-            .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
-            .returning(instances.c.sop_instance_uid)
-        )
         self.update_instance = update(instances).where(instances.c.pk == bindparam("target_pk"))
         self.instance_series = select(instances.c.series_pk).where(
             instances.c.pk == bindparam("target_pk")
-        )
-        self.states = select(
-            instances.c.sop_instance_uid, instances.c.pk, instances.c.sha256, instances.c.blob_key
-        ).where(instances.c.sop_instance_uid.in_(bindparam("uids", expanding=True)))
-        self.insert_intent = insert(intents)
-        self.delete_intents = delete(intents).where(
-            intents.c.blob_key.in_(bindparam("keys", expanding=True))
         )
 
 
@@ -139,24 +124,29 @@ def _stored_series(
 ) -> tuple[int, int, str] | None:
     found = cache.series.get(uid)
     if found is None:
-        row = connection.execute(_prepared(connection).series, {"uid": uid}).first()
+        sql = driver_sql.statements(connection)
+        row = driver_sql.run(connection, sql.series, (uid,)).fetchone()
         if row is not None:
             found = cache.series[uid] = (int(row[0]), int(row[1]), str(row[2]))
     return found
 
 
+def _locked_study_pk(connection: Connection, uid: str) -> int | None:
+    row = driver_sql.run(connection, driver_sql.statements(connection).study_pk, (uid,)).fetchone()
+    return None if row is None else int(row[0])
+
+
 def _study_pk(connection: Connection, record: InstanceRecord, cache: LevelCache) -> int:
-    statements = _prepared(connection)
     uid = record.study.study_instance_uid
     pk = cache.studies.get(uid)
     if pk is None:
-        pk = connection.execute(statements.study_pk, {"uid": uid}).scalar()
+        pk = _locked_study_pk(connection, uid)
     if pk is None:
-        connection.execute(statements.insert_study, _columns(record.study))
-        pk = connection.execute(statements.study_pk, {"uid": uid}).scalar()
+        connection.execute(_prepared(connection).insert_study, _columns(record.study))
+        pk = _locked_study_pk(connection, uid)
         assert pk is not None
-    cache.studies[uid] = int(pk)
-    return int(pk)
+    cache.studies[uid] = pk
+    return pk
 
 
 def _series_pk(connection: Connection, record: InstanceRecord, cache: LevelCache) -> int:
@@ -173,9 +163,15 @@ def _series_pk(connection: Connection, record: InstanceRecord, cache: LevelCache
         seen = _stored_series(connection, uid, cache)
         if seen is not None and seen[2] != study_uid:
             raise SeriesStudyMismatch(uid)
-        _study_pk(connection, record, cache)
-        cache.series.pop(uid, None)
-        found = _stored_series(connection, uid, cache)
+        if seen is not None and connection.dialect.name == "sqlite":
+            # SQLite's write transactions hold the one write lock from BEGIN IMMEDIATE on:
+            # no delete can have committed since the look-up, so the series stands.
+            cache.studies[study_uid] = seen[1]
+            found = seen
+        else:
+            _study_pk(connection, record, cache)
+            cache.series.pop(uid, None)
+            found = _stored_series(connection, uid, cache)
     if found is None:
         study_pk = _study_pk(connection, record, cache)
         values = _columns(record.series)
@@ -220,17 +216,25 @@ def insert_instances(
     connection = _connection(target)
     if not rows:
         return []
-    statements = _prepared(connection)
-    parameters = [
-        {"series_pk": series_pk, **_columns(record.instance), **_columns(blob)}
-        for series_pk, record, blob in rows
-    ]
-    if len(rows) == 1 or not connection.dialect.insert_executemany_returning:
-        return [
-            connection.execute(statements.insert_instance, [row]).scalar() is not None
-            for row in parameters
-        ]
-    created = set(connection.execute(statements.insert_instances, parameters).scalars())
+    sql = driver_sql.statements(connection)
+    created_at = utcnow()
+    values: list[Any] = []
+    for series_pk, record, blob in rows:
+        values.append(
+            sql.bind(
+                [series_pk, *_values(record.instance), *_values(blob), created_at],
+                sql.instance_processors,
+            )
+        )
+    if len(rows) == 1:
+        cursor = driver_sql.run(connection, sql.insert_instances(1, "pk"), values[0])
+        return [cursor.fetchone() is not None]
+    created: set[str] = set()
+    for start in range(0, len(values), driver_sql.ROWS_PER_INSERT):
+        chunk = values[start : start + driver_sql.ROWS_PER_INSERT]
+        text = sql.insert_instances(len(chunk), "sop_instance_uid")
+        flat = [value for row in chunk for value in row]
+        created.update(row[0] for row in driver_sql.run(connection, text, flat).fetchall())
     inserted: list[bool] = []
     for _, record, _ in rows:
         uid = record.instance.sop_instance_uid
@@ -250,11 +254,7 @@ def insert_instance(
     """
     connection = _connection(target)
     series_pk = _series_pk(connection, record, cache)
-    created = connection.execute(
-        _prepared(connection).insert_instance,
-        {"series_pk": series_pk, **_columns(record.instance), **_columns(blob)},
-    ).scalar()
-    return created is not None
+    return insert_instances(connection, [(series_pk, record, blob)])[0]
 
 
 def replace_instance(
@@ -298,16 +298,30 @@ def stored_states(
     if not sop_instance_uids:
         return {}
     connection = _connection(target)
-    rows = connection.execute(_prepared(connection).states, {"uids": list(sop_instance_uids)})
-    return {row[0]: StoredState(int(row[1]), row[2], row[3]) for row in rows}
+    sql = driver_sql.statements(connection)
+    found: dict[str, StoredState] = {}
+    for chunk in _chunks(sop_instance_uids):
+        rows = driver_sql.run(
+            connection, sql.states(len(chunk)), sql.list_parameter(chunk)
+        ).fetchall()
+        for row in rows:
+            found[row[0]] = StoredState(int(row[1]), row[2], row[3])
+    return found
 
 
 def add_intents(target: Connection | Session, keys: Iterable[str], owner: str | None) -> None:
     """Record blob keys that may exist without a row, owned by worker ``owner``."""
-    rows = [{"blob_key": key, "owner": owner} for key in keys]
-    if rows:
-        connection = _connection(target)
-        connection.execute(_prepared(connection).insert_intent, rows)
+    keys = list(keys)
+    if not keys:
+        return
+    connection = _connection(target)
+    sql = driver_sql.statements(connection)
+    created_at = utcnow()
+    rows = [sql.bind([key, owner, created_at], sql.intent_processors) for key in keys]
+    if len(rows) == 1:
+        driver_sql.run(connection, sql.insert_intent, rows[0])
+    else:
+        driver_sql.run_many(connection, sql.insert_intent, rows)
 
 
 #: Keys per IN list: SQLite refuses statements with more than 32766 bound parameters, and a
@@ -333,16 +347,18 @@ def remove_intents(target: Connection | Session, keys: Sequence[str]) -> int:
     if not keys:
         return 0
     connection = _connection(target)
-    postgres = connection.dialect.name == "postgresql"
-    if postgres:
-        connection.exec_driver_sql("SET LOCAL enable_seqscan = off")
+    sql = driver_sql.statements(connection)
+    if sql.postgres:
+        driver_sql.run(connection, "SET LOCAL enable_seqscan = off")
     removed = 0
     for chunk in _chunks(keys):
-        result = connection.execute(_prepared(connection).delete_intents, {"keys": chunk})
-        removed += result.rowcount
-    if postgres:
+        cursor = driver_sql.run(
+            connection, sql.delete_intents(len(chunk)), sql.list_parameter(chunk)
+        )
+        removed += cursor.rowcount
+    if sql.postgres:
         # Only for these statements (a failure rolls the setting back with the transaction).
-        connection.exec_driver_sql("SET LOCAL enable_seqscan TO DEFAULT")
+        driver_sql.run(connection, "SET LOCAL enable_seqscan TO DEFAULT")
     return removed
 
 

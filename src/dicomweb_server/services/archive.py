@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, event
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomweb_server.index.database import index_engine, session_factory
@@ -41,10 +42,13 @@ def _begin_immediate(engine: Engine) -> None:
                 # As SQLite's own "database is locked": an index error (503), not a bug.
                 raise OperationalError("BEGIN IMMEDIATE", None, timeout) from timeout
         try:
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
-        except BaseException:
+            # On the driver itself: through exec_driver_sql it cost as much as a statement.
+            driver.execute("BEGIN IMMEDIATE")
+        except BaseException as exc:
             if acquire is not None:
                 driver.writer_lock.release()
+            if isinstance(exc, sqlite3.Error):
+                raise DBAPIError.instance("BEGIN IMMEDIATE", None, exc, sqlite3.Error) from exc
             raise
 
 
