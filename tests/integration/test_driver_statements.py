@@ -7,6 +7,7 @@ still arrive as SQLAlchemy's exception, which retries and error answers are buil
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -111,6 +112,25 @@ def test_rows_read_back_through_the_orm_as_written(engine: Engine) -> None:
         assert repository.remove_intents(connection, ["left/1", "left/3", "absent"]) == 2
     with Session(engine) as session:
         assert list(session.scalars(select(BlobIntent.blob_key))) == ["left/2"]
+        # Stored exactly as SQLAlchemy stores them (on SQLite, datetimes are text of a fixed
+        # form that ordering and the lease reaper's comparisons rely on).
+        session.add(BlobIntent(blob_key="orm/1", owner=None))
+        session.commit()
+    with engine.connect() as connection:
+        raw = dict(
+            connection.exec_driver_sql(
+                "SELECT blob_key, created_at FROM blob_intents ORDER BY blob_key"
+            ).all()
+        )
+        written = connection.exec_driver_sql("SELECT created_at FROM instances").scalars().all()
+    if engine.dialect.name == "sqlite":
+        form = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}")
+        assert form.fullmatch(raw["orm/1"]), raw
+        assert form.fullmatch(raw["left/2"]), raw
+        assert all(form.fullmatch(value) for value in written), written
+    else:
+        assert type(raw["left/2"]) is type(raw["orm/1"]) is datetime
+        assert raw["left/2"].tzinfo is not None
 
 
 def test_a_driver_error_arrives_as_sqlalchemys(engine: Engine) -> None:

@@ -48,10 +48,15 @@ Processor = Callable[[Any], Any]
 def _processors(
     dialect: Dialect, columns: Sequence[Column[Any]]
 ) -> tuple[tuple[int, Processor], ...]:
-    """The bind conversions SQLAlchemy applies to these columns (e.g. datetimes on SQLite)."""
+    """The bind conversions SQLAlchemy applies to these columns (e.g. datetimes on SQLite).
+
+    A column's generic type is first resolved to the dialect's own, as SQLAlchemy does: the
+    generic ``DateTime`` would leave a datetime to the driver, which SQLite's would store
+    in another text form.
+    """
     found = []
     for position, column in enumerate(columns):
-        processor = column.type.bind_processor(dialect)
+        processor = dialect.type_descriptor(column.type).bind_processor(dialect)
         if processor is not None:
             found.append((position, processor))
     return tuple(found)
