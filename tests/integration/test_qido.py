@@ -195,6 +195,33 @@ def test_sop_class_and_instance_uid_keys(session: Session) -> None:
     assert studies(run(session, STUDY, {"SOPClassesInStudy": MR_IMAGE})) == ["1.1"]
 
 
+def test_modalities_and_sop_classes_in_study_together(session: Session) -> None:
+    """Both keys in one search: two subqueries over the same tables, each matched on its own
+    (the series with the modality need not hold the SOP class)."""
+    ct, mr = attr("CS", "CT"), attr("CS", "MR")
+    store(
+        session,
+        instance("1.1", "1.1.1", sop_class=CT_IMAGE, **{"00080060": ct}),
+        instance("1.1", "1.1.2", sop_class=MR_IMAGE, **{"00080060": mr}),
+        instance("1.2", "1.2.1", sop_class=CT_IMAGE, **{"00080060": ct}),
+        instance("1.3", "1.3.1", sop_class=MR_IMAGE, **{"00080060": mr}),
+        instance("1.4", "1.4.1", sop_class=SR_DOCUMENT),
+    )
+    both = {"ModalitiesInStudy": "CT", "SOPClassesInStudy": MR_IMAGE}
+    assert studies(run(session, STUDY, both)) == ["1.1"]
+    either = {"ModalitiesInStudy": "CT\\MR", "SOPClassesInStudy": f"{CT_IMAGE},{SR_DOCUMENT}"}
+    assert studies(run(session, STUDY, either)) == ["1.1", "1.2"]
+    # A page smaller than the matches: the count runs the same conditions.
+    paged = run(session, STUDY, {**either, "limit": "1"})
+    assert studies(paged) == ["1.1"] and paged.remaining == 1
+    no_modality = {
+        "ModalitiesInStudy": '""',
+        "SOPClassesInStudy": SR_DOCUMENT,
+        "emptyvaluematching": "true",
+    }
+    assert studies(run(session, STUDY, no_modality)) == ["1.4"]
+
+
 # -- dates, times, date-times -----------------------------------------------------------------
 
 
