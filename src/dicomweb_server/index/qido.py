@@ -197,13 +197,11 @@ def _tag_level(tag: str, level: QueryLevel) -> QueryLevel:
 _COMPUTED: Final = -1
 
 
-@dataclass(frozen=True, slots=True)
-class _Step:
-    """How to produce one returned attribute; decided once per query, applied to every row."""
-
-    tag: str
-    source: int  # index into the page's parsed sources, or _COMPUTED
-    empty: dict[str, Any] | None  # returned when the entity has no value (type R / matching)
+#: How to produce one returned attribute, decided once per query shape and applied to every
+#: row: (tag, index into the page's parsed sources or _COMPUTED, the value returned when the
+#: entity has none (type R and matching keys) or None, the function computing it or None).
+#: A plain tuple, unpacked in the per-row loop, where attribute look-ups were a visible cost.
+_Step = tuple[str, int, "dict[str, Any] | None", "_Compute | None"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,10 +272,11 @@ def _cached_plan(
         sources.add(level)
     source_order = tuple(sorted(sources, key=lambda item: item.depth))
     steps = tuple(
-        _Step(
+        (
             tag,
             _COMPUTED if tag in _COMPUTED_TAGS else source_order.index(_tag_level(tag, level)),
             _empty(tag) if tag in required else None,
+            _COMPUTE[tag] if tag in _COMPUTED_TAGS else None,
         )
         for tag in sorted(tags)
     )
@@ -482,8 +481,13 @@ class _Context:
 _Compute = Callable[["_Context", Row[Any]], dict[str, Any] | None]
 
 
+# The page query's first columns are the study's key and UID (see _page_columns): read by
+# position, which costs a fraction of a look-up by name, for every row of every page.
+_STUDY_PK, _STUDY_UID = 0, 1
+
+
 def _retrieve_url(context: _Context, row: Row[Any]) -> dict[str, Any] | None:
-    url = f"{context.base_url}/studies/{row.study_uid}"
+    url = f"{context.base_url}/studies/{row[_STUDY_UID]}"
     if context.query.level is not QueryLevel.STUDY:
         url += f"/series/{row.series_uid}"
     if context.query.level is QueryLevel.INSTANCE:
@@ -513,7 +517,7 @@ _NO_FACTS: Final = _StudyFacts()
 
 
 def _facts(context: _Context, row: Row[Any]) -> _StudyFacts:
-    return context.studies.get(row.study_pk) or _NO_FACTS
+    return context.studies.get(row[_STUDY_PK]) or _NO_FACTS
 
 
 #: How each computed attribute is produced for one result row.
@@ -572,19 +576,19 @@ def _result(context: _Context, row: Row[Any]) -> dict[str, Any]:
             cleaned = _without_bulk(value, drop_inline=True)
             if cleaned is not None:
                 result[tag] = cleaned
-    for step in plan.steps:
-        if step.source == _COMPUTED:
-            value = _COMPUTE[step.tag](context, row)
+    for tag, source, empty, compute in plan.steps:
+        if compute is not None:
+            value = compute(context, row)
         else:
-            value = sources[step.source].get(step.tag)
+            value = sources[source].get(tag)
             if value is not None and (
                 type(value) is not dict or "BulkDataURI" in value or value.get("vr") == "SQ"
             ):
                 value = _without_bulk(value, drop_inline=False)
         if value is not None:
-            result[step.tag] = value
-        elif step.empty is not None:
-            result[step.tag] = dict(step.empty)
+            result[tag] = value
+        elif empty is not None:
+            result[tag] = dict(empty)
     # The steps are in tag order; only the attributes of includefield=all come unordered.
     return dict(sorted(result.items())) if context.query.include_all else result
 
@@ -644,6 +648,7 @@ def _page_columns(
     for source in source_order:
         columns.append(blobs[source].label(_SOURCE_COLUMNS[source]))
     names = [column.key for column in columns]
+    assert names[_STUDY_PK] == "study_pk" and names[_STUDY_UID] == "study_uid"
     positions = tuple(
         (names.index(_KEY_COLUMNS[source]), names.index(_SOURCE_COLUMNS[source]))
         for source in source_order
