@@ -14,6 +14,7 @@ Everything rarer (new studies and series, overwrites, deletes) stays in SQLAlche
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import fields
 from functools import lru_cache
 from typing import Any, cast
 
@@ -22,15 +23,14 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 
 from dicomweb_server.index.models import Base, BlobIntent, Instance, Series, Study
-from dicomweb_server.index.records import InstanceColumns
+from dicomweb_server.index.records import InstanceColumns, StoredBlob
 
-#: Columns of an instance row besides its own attributes (``InstanceColumns``), in the
-#: order of :data:`INSTANCE_COLUMNS`; the blob's come from ``StoredBlob``.
-BLOB_COLUMNS = ("blob_key", "sha256", "size", "bulk_json", "pixel_layout_json", "deflated")
+#: The columns of an instance row in the order the repository passes their values: the
+#: series key, the fields of ``InstanceColumns`` and of ``StoredBlob``, the creation time.
 INSTANCE_COLUMNS = (
     "series_pk",
-    *(name for name in InstanceColumns.__dataclass_fields__),
-    *BLOB_COLUMNS,
+    *(item.name for item in fields(InstanceColumns)),
+    *(item.name for item in fields(StoredBlob)),
     "created_at",
 )
 
@@ -66,7 +66,6 @@ class DriverStatements:
     """SQL text of the hot statements for one dialect, and how to bind their values."""
 
     def __init__(self, dialect: Dialect) -> None:
-        self.dialect = dialect
         self.postgres = dialect.name == "postgresql"
         mark = self.mark = "%s" if self.postgres else "?"
         studies, series = _table(Study), _table(Series)

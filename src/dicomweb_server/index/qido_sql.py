@@ -247,8 +247,8 @@ def where_clauses(query: ParsedQuery) -> list[ColumnElement[bool]]:
 
 # The series and instances of a study searched by ModalitiesInStudy or SOPClassesInStudy.
 # Aliased once: building an alias of a mapped class proxies every one of its columns, which
-# cost a broad study search more than running its statements (each subquery still gets a
-# name of its own when a search has both keys).
+# cost a broad study search more than running its statements. A search with both keys uses
+# the alias in two subqueries, which is valid SQL: each subquery has its own FROM scope.
 _STUDY_SERIES: Final = aliased(Series)
 _STUDY_INSTANCES: Final = aliased(Instance)
 

@@ -89,6 +89,18 @@ class InstanceColumns:
     metadata_json: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class StoredBlob:
+    """Where an instance's bytes are, and what the index knows about them."""
+
+    blob_key: str
+    sha256: str
+    size: int
+    bulk_json: bytes | None
+    pixel_layout_json: bytes | None
+    deflated: bool
+
+
 @dataclass(slots=True)
 class InstanceRecord:
     """Everything the index stores for one instance, minus where its blob is."""

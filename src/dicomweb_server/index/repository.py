@@ -23,21 +23,12 @@ from dicomweb_server.index.models import (
 )
 from dicomweb_server.index.records import InstanceRecord
 
+# Part of this module's interface (its writes take one), defined with the other records.
+from dicomweb_server.index.records import StoredBlob as StoredBlob
+
 
 class SeriesStudyMismatch(Exception):
     """The instance names a series that is already stored under another study."""
-
-
-@dataclass(frozen=True, slots=True)
-class StoredBlob:
-    """Where an instance's bytes are, and what the index knows about them."""
-
-    blob_key: str
-    sha256: str
-    size: int
-    bulk_json: bytes | None
-    pixel_layout_json: bytes | None
-    deflated: bool
 
 
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
@@ -69,7 +60,8 @@ def _table(model: type[Base]) -> Table:
 
 
 class _Statements:
-    """The write path's statements, built once per dialect and executed with parameters.
+    """The write path's rarer statements (new studies and series, overwrites), built once per
+    dialect and executed with parameters; the frequent ones are in :mod:`.driver_sql`.
 
     Building a statement per call (``insert(...).values(**row)``) makes SQLAlchemy derive a
     cache key from every value each time, which cost more CPU than everything else in a

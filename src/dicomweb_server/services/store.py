@@ -29,8 +29,8 @@ from dicomweb_server.dicom import status
 from dicomweb_server.dicom.parse import InvalidInstance, ParsedInstance, parse_instance
 from dicomweb_server.errors import StorageError
 from dicomweb_server.index import repository
-from dicomweb_server.index.records import InstanceRecord, build_record
-from dicomweb_server.index.repository import SeriesStudyMismatch, StoredBlob
+from dicomweb_server.index.records import InstanceRecord, StoredBlob, build_record
+from dicomweb_server.index.repository import SeriesStudyMismatch
 from dicomweb_server.index.transient import retrying
 from dicomweb_server.services.archive import Archive
 from dicomweb_server.services.leases import reap
