@@ -1023,6 +1023,82 @@ def test_searches_cost_a_fixed_number_of_queries(engine: Engine, session: Sessio
     assert len(statements) == 2
 
 
+def test_searches_of_one_shape_share_their_sql_and_keep_their_own_values(
+    engine: Engine, session: Session
+) -> None:
+    """Statements are built once per shape of query and run with the values bound: a search
+    must never get another search's values, whatever the cache holds."""
+    store(
+        session,
+        *(
+            study_instance(
+                f"1.{n}",
+                **{
+                    "00080020": attr("DA", f"2020010{n}"),
+                    "00100020": attr("LO", f"P{n}"),
+                    "00100010": pn(f"Name{n}^Given"),
+                    "00080060": attr("CS", "CT" if n % 2 else "MR"),
+                },
+            )
+            for n in range(1, 6)
+        ),
+    )
+    statements = count_statements(engine)
+    # Pairs of searches of the same shape with different values, run twice in turn.
+    pairs: list[tuple[dict[str, str], list[str], dict[str, str], list[str]]] = [
+        (
+            {"StudyDate": "20200101-20200102"},
+            ["1.1", "1.2"],
+            {"StudyDate": "20200104-20200105"},
+            ["1.4", "1.5"],
+        ),
+        (
+            {"StudyInstanceUID": "1.1,1.3"},
+            ["1.1", "1.3"],
+            {"StudyInstanceUID": "1.2,1.5"},
+            ["1.2", "1.5"],
+        ),
+        ({"PatientID": "P2"}, ["1.2"], {"PatientID": "P5"}, ["1.5"]),
+        ({"PatientName": "name3*"}, ["1.3"], {"PatientName": "NAME1*"}, ["1.1"]),
+        (
+            {"ModalitiesInStudy": "MR"},
+            ["1.2", "1.4"],
+            {"ModalitiesInStudy": "CT"},
+            ["1.1", "1.3", "1.5"],
+        ),
+        (
+            {"limit": "2", "offset": "0"},
+            ["1.1", "1.2"],
+            {"limit": "2", "offset": "3"},
+            ["1.4", "1.5"],
+        ),
+        (
+            {"limit": "1", "offset": "2"},
+            ["1.3"],
+            {"limit": "3", "offset": "1"},
+            ["1.2", "1.3", "1.4"],
+        ),
+    ]
+    for first_params, first_found, second_params, second_found in pairs:
+        page_sql = []
+        for _ in range(2):
+            for params, found in ((first_params, first_found), (second_params, second_found)):
+                statements.clear()
+                assert studies(run(session, STUDY, params)) == found, params
+                page_sql.append(next(s for s in statements if "AS study_attributes" in s))
+        # The same SQL text, values apart, for every search of the shape.
+        assert len(set(page_sql)) == 1, first_params
+    # A list of another length expands the same statement's list parameter.
+    assert studies(run(session, STUDY, {"StudyInstanceUID": "1.2,1.4,1.5"})) == [
+        "1.2",
+        "1.4",
+        "1.5",
+    ]
+    # A search of another shape (the same key with a wild card) gets its own statement.
+    assert studies(run(session, STUDY, {"PatientID": "P*"})) == ["1.1", "1.2", "1.3", "1.4", "1.5"]
+    assert studies(run(session, STUDY, {"PatientID": "P4"})) == ["1.4"]
+
+
 # -- refused queries ---------------------------------------------------------------------------
 
 

@@ -110,6 +110,7 @@ from sqlalchemy import (
     BigInteger,
     BindParameter,
     ColumnElement,
+    Integer,
     Row,
     Select,
     String,
@@ -136,7 +137,14 @@ from dicomweb_server.index.qido_keys import (
     Via,
 )
 from dicomweb_server.index.qido_parse import parse_query
-from dicomweb_server.index.qido_sql import modalities_study_count, select_level, where_clauses
+from dicomweb_server.index.qido_sql import (
+    QueryShape,
+    Shape,
+    modalities_study_count,
+    query_shape,
+    select_level,
+    shape_clauses,
+)
 
 __all__ = ["MATCH_KEYS", "ParsedQuery", "QueryLevel", "SearchResult", "parse_query", "search"]
 
@@ -687,7 +695,34 @@ def _estimate_prone(query: ParsedQuery) -> bool:
     return False
 
 
-def _count_statement(query: ParsedQuery, clauses: Sequence[ColumnElement[bool]]) -> Select[Any]:
+def _modalities_only(query: ParsedQuery) -> bool:
+    """A study search by ModalitiesInStudy alone: its COUNT reads the series index only."""
+    return (
+        query.level is QueryLevel.STUDY
+        and query.study_uid is None
+        and query.patient_id is None
+        and len(query.conditions) == 1
+        and query.conditions[0].key.via is Via.MODALITIES
+        and not isinstance(query.conditions[0].matcher, EmptyValueMatch)
+    )
+
+
+# Statements are built once per shape of query (its conditions' shape and what the page
+# selects) and run with the query's values as parameters: building a select and computing
+# its cache key cost a simple search about as much as running it. SQLAlchemy keeps each
+# statement's cache key once computed, so a repeated shape goes straight to its compiled
+# form. Limit and offset are parameters too.
+
+
+@functools.lru_cache(maxsize=512)
+def _where(conditions: tuple[Shape, ...]) -> tuple[ColumnElement[bool], ...]:
+    return tuple(shape_clauses(conditions))
+
+
+@functools.lru_cache(maxsize=512)
+def _count_statement(
+    level: QueryLevel, conditions: tuple[Shape, ...], modalities_only: bool
+) -> Select[Any]:
     """The COUNT behind the pagination warning: all matches, not just the page.
 
     A study search by ModalitiesInStudy alone is the broadest common search (a worklist's
@@ -697,16 +732,27 @@ def _count_statement(query: ParsedQuery, clauses: Sequence[ColumnElement[bool]])
     100,000 studies about 5x less work. Any other condition (or a patient-scoped token)
     keeps the general form.
     """
-    if (
-        query.level is QueryLevel.STUDY
-        and query.study_uid is None
-        and query.patient_id is None
-        and len(query.conditions) == 1
-        and query.conditions[0].key.via is Via.MODALITIES
-        and not isinstance(query.conditions[0].matcher, EmptyValueMatch)
-    ):
-        return modalities_study_count(query.conditions[0])
-    return select_level(query, clauses, func.count())
+    if modalities_only:
+        return modalities_study_count(conditions[0])
+    return select_level(level, _where(conditions), func.count())
+
+
+_LIMIT: Final = bindparam("page_limit", type_=Integer())
+_OFFSET: Final = bindparam("page_offset", type_=Integer())
+
+
+@functools.lru_cache(maxsize=512)
+def _page_statement(
+    level: QueryLevel, conditions: tuple[Shape, ...], columns: tuple[Any, ...], filter_first: bool
+) -> Select[Any]:
+    key = _PRIMARY_KEYS[level]
+    # "pk + 0" orders the same but cannot be read off the primary key's index.
+    return (
+        select_level(level, _where(conditions), *columns)
+        .order_by(key + literal_column("0") if filter_first else key)
+        .limit(_LIMIT)
+        .offset(_OFFSET)
+    )
 
 
 def search(session: Executor, query: ParsedQuery, *, base_url: str) -> SearchResult:
@@ -736,7 +782,8 @@ def search(session: Executor, query: ParsedQuery, *, base_url: str) -> SearchRes
     SOP Classes in Study, +1 COUNT when more results remain), never one per result.
     """
     plan = _plan(query)
-    clauses = where_clauses(query)
+    shape: QueryShape = query_shape(query)
+    values = shape.parameters()
     columns, source_columns = _page_columns(
         query.level, plan.source_order, plan.wants(*_PATIENT_COUNTS)
     )
@@ -745,23 +792,18 @@ def search(session: Executor, query: ParsedQuery, *, base_url: str) -> SearchRes
     # fewer than a page match (measured: 50 ms at 100,000 studies, growing with the index).
     # Such searches are counted first, and a count that few are read through the matching
     # key's own index and sorted. The count is the one the pagination warning needs anyway.
-    total = session.scalar(_count_statement(query, clauses)) if _estimate_prone(query) else None
-    key = _PRIMARY_KEYS[query.level]
-    # "pk + 0" orders the same but cannot be read off the primary key's index.
+    count = _count_statement(query.level, shape.conditions, _modalities_only(query))
+    total = session.scalar(count, values) if _estimate_prone(query) else None
     filter_first = total is not None and total <= FILTER_FIRST_MAX_ROWS
-    page = (
-        select_level(query, clauses, *columns)
-        .order_by(key + literal_column("0") if filter_first else key)
-        .limit(query.limit + 1)
-        .offset(query.offset)
-    )
-    rows = list(session.execute(page).all()) if total != 0 else []
+    page = _page_statement(query.level, shape.conditions, columns, filter_first)
+    page_values = {**values, "page_limit": query.limit + 1, "page_offset": query.offset}
+    rows = list(session.execute(page, page_values).all()) if total != 0 else []
     more = len(rows) > query.limit
     rows = rows[: query.limit]
     remaining = 0
     if more:
         if total is None:
-            total = session.scalar(_count_statement(query, clauses))
+            total = session.scalar(count, values)
         remaining = max(int(total or 0) - query.offset - len(rows), 1)
 
     study_pks = sorted({row.study_pk for row in rows})

@@ -7,19 +7,21 @@ the case-sensitive wild cards of PS3.4 C.2.2.2.4.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
 from sqlalchemy import (
+    BindParameter,
     Boolean,
     ColumnElement,
     Select,
     String,
     and_,
+    bindparam,
     distinct,
     exists,
     func,
-    literal,
     or_,
     select,
 )
@@ -30,7 +32,6 @@ from sqlalchemy.sql.functions import FunctionElement
 
 from dicomweb_server.index.models import Instance, Series, SeriesRequest, Study
 from dicomweb_server.index.qido_keys import (
-    Condition,
     EmptyValueMatch,
     FuzzyNameMatch,
     IntegerMatch,
@@ -44,11 +45,12 @@ from dicomweb_server.index.qido_keys import (
 )
 
 __all__ = [
+    "QueryShape",
     "WildcardMatch",
     "modalities_study_count",
+    "query_shape",
     "select_level",
-    "where_clauses",
-    "wildcard_match",
+    "shape_clauses",
 ]
 
 Column = QueryableAttribute[Any] | ColumnElement[Any]
@@ -62,8 +64,8 @@ class WildcardMatch(FunctionElement[bool]):
 
     PS3.4 C.2.2.2.4 wild card matching is case-sensitive, but SQLite's LIKE folds ASCII
     case, so SQLite uses GLOB; PostgreSQL (and anything else) uses LIKE with an escape
-    character. Both translations are bound as parameters so that the statement cache keys
-    on them; compilation picks the one its dialect uses.
+    character. Both translations are bound as parameters (two slots of the query's shape);
+    compilation picks the one its dialect uses.
     """
 
     type = Boolean()
@@ -83,23 +85,6 @@ def _glob_pattern(pattern: str) -> str:
 def _like_pattern(pattern: str) -> str:
     escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return escaped.replace("*", "%").replace("?", "_")
-
-
-def wildcard_match(column: Column, pattern: str) -> WildcardMatch:
-    """A condition that `column` matches `pattern` (``*`` any sequence, ``?`` one character).
-
-    Parameters
-    ----------
-    column : column expression
-        A string column.
-    pattern : str
-        The pattern in DICOM syntax; every other character is literal.
-    """
-    return WildcardMatch(
-        column,
-        literal(_glob_pattern(pattern), String()),
-        literal(_like_pattern(pattern), String()),
-    )
 
 
 @compiles(WildcardMatch)
@@ -151,99 +136,154 @@ _COLUMNS: Final[dict[str, QueryableAttribute[Any]]] = {
 # Word boundaries inside a normalised person name, for fuzzy prefix matching.
 _NAME_SEPARATORS: Final = ("^", "=", " ", "-")
 
+# -- query shapes ----------------------------------------------------------------------------
+#
+# A search's SQL depends on which keys it matches and how (a wild card or not, one value or
+# several, which bounds), not on the values. Building and cache-keying the statement cost a
+# simple search as much as running it, so the conditions are first reduced to a *shape*: a
+# nested tuple that names the SQL to build, with numbered slots where the values go. The
+# statements are built once per shape (callers cache them) and run with the values bound.
+# The SQL sent is the same as when the values were built in: only their names differ.
+#
+# Shape nodes:
+#   ("eq" | "ge" | "le", column, slot)     comparison with one value
+#   ("in", column, slot)                   IN a list (an expanding parameter)
+#   ("wild", column, glob slot, like slot) WildcardMatch
+#   ("null" | "null_or_empty", column)     Empty Value Matching
+#   ("or" | "and", node, node, ...)        two or more nodes
+#   ("items", node, ...)                   some request item of the series matches all
+#   ("modalities" | "sop_classes", node)   some series / instance of the study matches
+#   ("no_modalities" | "no_sop_classes",)  no series / instance of the study has a value
+# where column is a key of _COLUMNS (a tag path).
 
-def _pattern(column: Column, pattern: str, *, person_name: bool) -> ColumnElement[bool]:
-    wild = "*" in pattern or "?" in pattern
-    condition: ColumnElement[bool] = (
-        wildcard_match(column, pattern) if wild else (column == pattern)
-    )
-    if person_name and "=" not in pattern and not pattern.endswith("*"):
-        # "Doe^John" also matches "Doe^John=山田^太郎": the query names the alphabetic group.
-        # A pattern ending in "*" already matches the other groups; a second LIKE would only
-        # make the planner combine two index scans for the same rows.
-        condition = or_(condition, wildcard_match(column, pattern + "=*"))
-    return condition
+Shape = tuple[Any, ...]
 
 
-def _word_prefix(column: Column, token: str) -> ColumnElement[bool]:
-    starts = [wildcard_match(column, token + "*")]
-    starts += [wildcard_match(column, f"*{sep}{token}*") for sep in _NAME_SEPARATORS]
-    return or_(*starts)
+@dataclass(frozen=True, slots=True)
+class QueryShape:
+    """The conditions of a search, reduced to their shape, and the values for its slots."""
+
+    conditions: tuple[Shape, ...]
+    values: tuple[Any, ...]
+
+    def parameters(self) -> dict[str, Any]:
+        """The values by the names of the parameters :func:`shape_clauses` built."""
+        return {_slot_name(index): value for index, value in enumerate(self.values)}
 
 
-def _matcher_sql(column: Column, kind: MatchKind, matcher: Matcher) -> ColumnElement[bool]:
-    """The SQL condition for one matcher on one column (PS3.4 C.2.2.2)."""
-    if isinstance(matcher, EmptyValueMatch):
-        if kind is MatchKind.INTEGER:
-            return column.is_(None)
-        return or_(column.is_(None), column == "")
-    if isinstance(matcher, ValueMatch):
-        person_name = kind is MatchKind.PERSON_NAME
-        return or_(*(_pattern(column, p, person_name=person_name) for p in matcher.patterns))
-    if isinstance(matcher, FuzzyNameMatch):
-        return or_(
-            *(
-                and_(*(_word_prefix(column, token) for token in tokens))
-                for tokens in matcher.alternatives
+def _slot_name(index: int) -> str:
+    return f"v{index}"
+
+
+class _Shaper:
+    """Collects values into numbered slots while a query is reduced to its shape."""
+
+    def __init__(self) -> None:
+        self.values: list[Any] = []
+
+    def slot(self, value: Any) -> int:
+        self.values.append(value)
+        return len(self.values) - 1
+
+    def wild(self, column: str, pattern: str) -> Shape:
+        glob, like = self.slot(_glob_pattern(pattern)), self.slot(_like_pattern(pattern))
+        return ("wild", column, glob, like)
+
+    def pattern(self, column: str, pattern: str, *, person_name: bool) -> Shape:
+        wild = "*" in pattern or "?" in pattern
+        node = self.wild(column, pattern) if wild else ("eq", column, self.slot(pattern))
+        if person_name and "=" not in pattern and not pattern.endswith("*"):
+            # "Doe^John" also matches "Doe^John=山田^太郎": the query names the alphabetic
+            # group. A pattern ending in "*" already matches the other groups; a second LIKE
+            # would only make the planner combine two index scans for the same rows.
+            node = ("or", node, self.wild(column, pattern + "=*"))
+        return node
+
+    def word_prefix(self, column: str, token: str) -> Shape:
+        starts = [self.wild(column, token + "*")]
+        starts += [self.wild(column, f"*{sep}{token}*") for sep in _NAME_SEPARATORS]
+        return ("or", *starts)
+
+    def matcher(self, column: str, kind: MatchKind, matcher: Matcher) -> Shape:
+        """The shape of one matcher on one column (PS3.4 C.2.2.2)."""
+        if isinstance(matcher, EmptyValueMatch):
+            return ("null" if kind is MatchKind.INTEGER else "null_or_empty", column)
+        if isinstance(matcher, ValueMatch):
+            person_name = kind is MatchKind.PERSON_NAME
+            return _any(
+                [self.pattern(column, p, person_name=person_name) for p in matcher.patterns]
             )
-        )
-    if isinstance(matcher, UidListMatch):
-        uids = matcher.uids
-        return column == uids[0] if len(uids) == 1 else column.in_(uids)
-    if isinstance(matcher, IntegerMatch):
-        values = matcher.values
-        return column == values[0] if len(values) == 1 else column.in_(values)
-    if matcher.lower is not None and matcher.lower == matcher.upper:
-        return column == matcher.lower
-    bounds = []
-    if matcher.lower is not None:
-        bounds.append(column >= matcher.lower)
-    if matcher.upper is not None:
-        bounds.append(column <= matcher.upper)
-    return and_(*bounds)
+        if isinstance(matcher, FuzzyNameMatch):
+            return _any(
+                [
+                    _all([self.word_prefix(column, token) for token in tokens])
+                    for tokens in matcher.alternatives
+                ]
+            )
+        if isinstance(matcher, UidListMatch | IntegerMatch):
+            values = matcher.uids if isinstance(matcher, UidListMatch) else matcher.values
+            if len(values) == 1:
+                return ("eq", column, self.slot(values[0]))
+            return ("in", column, self.slot(list(values)))
+        if matcher.lower is not None and matcher.lower == matcher.upper:
+            return ("eq", column, self.slot(matcher.lower))
+        bounds: list[Shape] = []
+        if matcher.lower is not None:
+            bounds.append(("ge", column, self.slot(matcher.lower)))
+        if matcher.upper is not None:
+            bounds.append(("le", column, self.slot(matcher.upper)))
+        return _all(bounds)
 
 
-def where_clauses(query: ParsedQuery) -> list[ColumnElement[bool]]:
-    """All conditions of the query, over ``studies`` / ``series`` / ``instances``.
+def _any(nodes: list[Shape]) -> Shape:
+    return nodes[0] if len(nodes) == 1 else ("or", *nodes)
 
-    Parameters
-    ----------
-    query : ParsedQuery
-        The search; its path UIDs and conditions are combined with AND.
 
-    Returns
-    -------
-    list of ColumnElement
-        Conditions for :func:`select_level` (built once, usable in the page query and in
-        the COUNT alike).
+def _all(nodes: list[Shape]) -> Shape:
+    return nodes[0] if len(nodes) == 1 else ("and", *nodes)
 
-    Notes
-    -----
+
+_MODALITY, _SOP_CLASS = "00080060", "00080016"
+
+
+def query_shape(query: ParsedQuery) -> QueryShape:
+    """All conditions of the query as one shape, with the values of its slots.
+
     Keys on other entities (modalities and SOP classes of a study, request items of a
     series) become semi-joins (``pk IN (SELECT ...)`` or EXISTS), so a study with several
     matching series still yields one row and pagination counts entities, not join rows.
     """
-    clauses: list[ColumnElement[bool]] = []
+    shaper = _Shaper()
+    nodes: list[Shape] = []
     if query.patient_id is not None:
-        clauses.append(Study.patient_id == query.patient_id)
+        nodes.append(("eq", "00100020", shaper.slot(query.patient_id)))
     if query.study_uid is not None:
-        clauses.append(Study.study_instance_uid == query.study_uid)
+        nodes.append(("eq", "0020000D", shaper.slot(query.study_uid)))
     if query.series_uid is not None:
-        clauses.append(Series.series_instance_uid == query.series_uid)
-    item_conditions: list[ColumnElement[bool]] = []
+        nodes.append(("eq", "0020000E", shaper.slot(query.series_uid)))
+    items: list[Shape] = []
     for condition in query.conditions:
-        key = condition.key
+        key, matcher = condition.key, condition.matcher
         if key.via is Via.COLUMN:
-            clauses.append(_matcher_sql(_COLUMNS[key.path], key.kind, condition.matcher))
+            nodes.append(shaper.matcher(key.path, key.kind, matcher))
         elif key.via is Via.REQUEST_ITEM:
-            item_conditions.append(_matcher_sql(_COLUMNS[key.path], key.kind, condition.matcher))
+            items.append(shaper.matcher(key.path, key.kind, matcher))
+        elif key.via is Via.MODALITIES:
+            if isinstance(matcher, EmptyValueMatch):
+                nodes.append(("no_modalities",))
+            else:
+                nodes.append(("modalities", shaper.matcher(_MODALITY, key.kind, matcher)))
+        elif isinstance(matcher, EmptyValueMatch):
+            nodes.append(("no_sop_classes",))
         else:
-            clauses.append(_study_exists(condition))
-    if item_conditions:
+            nodes.append(("sop_classes", shaper.matcher(_SOP_CLASS, key.kind, matcher)))
+    if items:
         # PS3.4 C.2.2.2.6: all item keys must match within one item of the sequence.
-        clauses.append(exists().where(SeriesRequest.series_pk == Series.pk, *item_conditions))
-    return clauses
+        nodes.append(("items", *items))
+    return QueryShape(tuple(nodes), tuple(shaper.values))
 
+
+# -- shapes as SQL ---------------------------------------------------------------------------
 
 # The series and instances of a study searched by ModalitiesInStudy or SOPClassesInStudy.
 # Aliased once: building an alias of a mapped class proxies every one of its columns, which
@@ -251,40 +291,84 @@ def where_clauses(query: ParsedQuery) -> list[ColumnElement[bool]]:
 # the alias in two subqueries, which is valid SQL: each subquery has its own FROM scope.
 _STUDY_SERIES: Final = aliased(Series)
 _STUDY_INSTANCES: Final = aliased(Instance)
+_IN_STUDY_COLUMNS: Final[dict[str, Column]] = {
+    _MODALITY: _STUDY_SERIES.modality,
+    _SOP_CLASS: _STUDY_INSTANCES.sop_class_uid,
+}
 
 
-def _study_exists(condition: Condition) -> ColumnElement[bool]:
-    """ModalitiesInStudy / SOPClassesInStudy: some series / instance of the study matches."""
-    other = _STUDY_SERIES
-    empty = isinstance(condition.matcher, EmptyValueMatch)
-    if condition.key.via is Via.MODALITIES:
-        if empty:
-            return ~exists().where(other.study_pk == Study.pk, other.modality.is_not(None))
-        sql = _matcher_sql(other.modality, condition.key.kind, condition.matcher)
+def _parameter(slot: int, **kw: Any) -> BindParameter[Any]:
+    return bindparam(_slot_name(slot), **kw)
+
+
+def _clause(node: Shape, columns: Mapping[str, Column]) -> ColumnElement[bool]:
+    """One shape node as SQL; `columns` resolves the tag paths its leaves name."""
+    op = node[0]
+    if op == "eq":
+        return columns[node[1]] == _parameter(node[2])
+    if op == "in":
+        return columns[node[1]].in_(_parameter(node[2], expanding=True))
+    if op == "ge":
+        return columns[node[1]] >= _parameter(node[2])
+    if op == "le":
+        return columns[node[1]] <= _parameter(node[2])
+    if op == "wild":
+        return WildcardMatch(
+            columns[node[1]],
+            _parameter(node[2], type_=String()),
+            _parameter(node[3], type_=String()),
+        )
+    if op == "null":
+        return columns[node[1]].is_(None)
+    if op == "null_or_empty":
+        column = columns[node[1]]
+        return or_(column.is_(None), column == "")
+    if op == "or":
+        return or_(*(_clause(child, columns) for child in node[1:]))
+    if op == "and":
+        return and_(*(_clause(child, columns) for child in node[1:]))
+    if op == "items":
+        children = (_clause(child, columns) for child in node[1:])
+        return exists().where(SeriesRequest.series_pk == Series.pk, *children)
+    series, item = _STUDY_SERIES, _STUDY_INSTANCES
+    if op == "modalities":
         # "pk IN (studies having such a series)" rather than a correlated EXISTS: both are a
         # semi-join to PostgreSQL, but SQLite evaluates EXISTS once per candidate study,
         # which makes the COUNT of a broad search (every study probed) ten times slower
         # than reading the matching studies off ix_series_modality_study_pk once.
-        return Study.pk.in_(select(other.study_pk).where(sql))
-    item = _STUDY_INSTANCES
-    if empty:
-        return ~exists().where(item.series_pk == other.pk, other.study_pk == Study.pk)
-    sql = _matcher_sql(item.sop_class_uid, condition.key.kind, condition.matcher)
-    return exists().where(item.series_pk == other.pk, other.study_pk == Study.pk, sql)
+        matched = _clause(node[1], _IN_STUDY_COLUMNS)
+        return Study.pk.in_(select(series.study_pk).where(matched))
+    if op == "no_modalities":
+        return ~exists().where(series.study_pk == Study.pk, series.modality.is_not(None))
+    if op == "sop_classes":
+        matched = _clause(node[1], _IN_STUDY_COLUMNS)
+        return exists().where(item.series_pk == series.pk, series.study_pk == Study.pk, matched)
+    if op == "no_sop_classes":
+        return ~exists().where(item.series_pk == series.pk, series.study_pk == Study.pk)
+    raise ValueError(f"unknown query shape node {op!r}")
 
 
-def modalities_study_count(condition: Condition) -> Select[Any]:
-    """COUNT of the studies some series of which matches a ModalitiesInStudy condition.
+def shape_clauses(conditions: tuple[Shape, ...]) -> list[ColumnElement[bool]]:
+    """The conditions of a shape over ``studies`` / ``series`` / ``instances``, with
+    parameters named for :meth:`QueryShape.parameters` (usable in the page query and in
+    the COUNT alike)."""
+    return [_clause(node, _COLUMNS) for node in conditions]
 
-    The same number as counting :func:`_study_exists`'s semi-join over ``studies``, read from
-    the series index alone (see ``qido._count_statement`` for when it applies).
+
+def modalities_study_count(node: Shape) -> Select[Any]:
+    """COUNT of the studies some series of which matches a ``("modalities", ...)`` node.
+
+    The same number as counting the node's semi-join over ``studies``, read from the series
+    index alone (see ``qido._count_statement`` for when it applies).
     """
-    sql = _matcher_sql(Series.modality, condition.key.kind, condition.matcher)
+    if node[0] != "modalities":
+        raise ValueError("not a ModalitiesInStudy condition")
+    sql = _clause(node[1], _COLUMNS)
     return select(func.count(distinct(Series.study_pk))).where(sql)
 
 
 def select_level(
-    query: ParsedQuery, clauses: Sequence[ColumnElement[bool]], *columns: Any
+    level: QueryLevel, clauses: Sequence[ColumnElement[bool]], *columns: Any
 ) -> Select[Any]:
     """SELECT `columns` from the searched level's table joined to its parents, filtered.
 
@@ -292,9 +376,9 @@ def select_level(
     LIMIT / OFFSET and COUNT count results (PS3.18 8.3.4.4).
     """
     statement = select(*columns)
-    if query.level is QueryLevel.STUDY:
+    if level is QueryLevel.STUDY:
         statement = statement.select_from(Study)
-    elif query.level is QueryLevel.SERIES:
+    elif level is QueryLevel.SERIES:
         statement = statement.select_from(Series).join(Study, Series.study_pk == Study.pk)
     else:
         statement = (
