@@ -20,6 +20,7 @@ from dicomweb_server.index import repository
 from dicomweb_server.index.database import create_index_engine
 from dicomweb_server.index.statistics import PlannerStatistics
 from tests.conftest import POSTGRES_URL
+from tests.integration.plans import plan_nodes
 
 pytestmark = [
     pytest.mark.postgres,
@@ -54,12 +55,6 @@ def _churn(engine: Engine, rows: int) -> None:
         )
     with engine.begin() as connection:
         connection.execute(text("DELETE FROM blob_intents"))
-
-
-def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    yield plan
-    for child in plan.get("Plans", []):
-        yield from _nodes(child)
 
 
 def test_removing_intents_uses_the_index_of_a_churned_queue(engine: Engine) -> None:
@@ -104,7 +99,7 @@ def test_removing_intents_uses_the_index_of_a_churned_queue(engine: Engine) -> N
     assert removed == BATCH
     assert plans, "the removal was not seen"
     for plan in plans:
-        scans = {node["Node Type"] for node in _nodes(plan)}
+        scans = {node["Node Type"] for node in plan_nodes(plan)}
         assert "Seq Scan" not in scans, plan
         assert {"Index Scan", "Bitmap Index Scan"} & scans, plan
     with engine.connect() as connection:

@@ -39,6 +39,7 @@ from tests.integration.large_index import (
     fill,
     synthetic_studies,
 )
+from tests.integration.plans import plan_nodes
 
 pytestmark = [
     pytest.mark.postgres,
@@ -435,16 +436,10 @@ class Statement:
     milliseconds: float = 0.0  # execution time in the server, from EXPLAIN ANALYZE
 
 
-def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    yield plan
-    for child in plan.get("Plans", []):
-        yield from _nodes(child)
-
-
 def _index_scans(plan: dict[str, Any]) -> list[str]:
     return [
         f"{node['Node Type']} on {node['Index Name']}"
-        for node in _nodes(plan)
+        for node in plan_nodes(plan)
         if node["Node Type"] in INDEX_NODES
     ]
 
@@ -452,7 +447,7 @@ def _index_scans(plan: dict[str, Any]) -> list[str]:
 def _seq_scans(plan: dict[str, Any]) -> list[str]:
     return [
         str(node["Relation Name"])
-        for node in _nodes(plan)
+        for node in plan_nodes(plan)
         if node["Node Type"] == "Seq Scan" and node.get("Relation Name") in SEARCHED_TABLES
     ]
 
