@@ -18,11 +18,11 @@ from dataclasses import fields
 from functools import lru_cache
 from typing import Any, cast
 
-from sqlalchemy import Column, Connection, Table
+from sqlalchemy import Column, Connection
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 
-from dicomweb_server.index.models import Base, BlobIntent, Instance, Series, Study
+from dicomweb_server.index.models import BlobIntent, Instance, Series, Study, table_of
 from dicomweb_server.index.records import InstanceColumns, StoredBlob
 
 #: The columns of an instance row in the order the repository passes their values: the
@@ -36,10 +36,6 @@ INSTANCE_COLUMNS = (
 
 #: Rows per multi-row INSERT: well inside SQLite's 32,766 bound parameters.
 ROWS_PER_INSERT = 200
-
-
-def _table(model: type[Base]) -> Table:
-    return cast(Table, model.__table__)
 
 
 Processor = Callable[[Any], Any]
@@ -68,8 +64,8 @@ class DriverStatements:
     def __init__(self, dialect: Dialect) -> None:
         self.postgres = dialect.name == "postgresql"
         mark = self.mark = "%s" if self.postgres else "?"
-        studies, series = _table(Study), _table(Series)
-        instances, intents = _table(Instance), _table(BlobIntent)
+        studies, series = table_of(Study), table_of(Series)
+        instances, intents = table_of(Instance), table_of(BlobIntent)
         self.error_class: type[Exception] = dialect.loaded_dbapi.Error
         # Stores lock their study in KEY SHARE mode, deletes in UPDATE mode (see
         # repository.lock_study). SQLite has one writer at a time and no row locks.

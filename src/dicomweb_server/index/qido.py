@@ -128,7 +128,6 @@ from dicomweb_server.index.lookup import Executor
 from dicomweb_server.index.models import Instance, Series, Study
 from dicomweb_server.index.qido_keys import (
     MATCH_KEYS,
-    EmptyValueMatch,
     FuzzyNameMatch,
     ParsedQuery,
     QueryLevel,
@@ -695,18 +694,6 @@ def _estimate_prone(query: ParsedQuery) -> bool:
     return False
 
 
-def _modalities_only(query: ParsedQuery) -> bool:
-    """A study search by ModalitiesInStudy alone: its COUNT reads the series index only."""
-    return (
-        query.level is QueryLevel.STUDY
-        and query.study_uid is None
-        and query.patient_id is None
-        and len(query.conditions) == 1
-        and query.conditions[0].key.via is Via.MODALITIES
-        and not isinstance(query.conditions[0].matcher, EmptyValueMatch)
-    )
-
-
 # Statements are built once per shape of query (its conditions' shape and what the page
 # selects) and run with the query's values as parameters: building a select and computing
 # its cache key cost a simple search about as much as running it. SQLAlchemy keeps each
@@ -720,9 +707,7 @@ def _where(conditions: tuple[Shape, ...]) -> tuple[ColumnElement[bool], ...]:
 
 
 @functools.lru_cache(maxsize=512)
-def _count_statement(
-    level: QueryLevel, conditions: tuple[Shape, ...], modalities_only: bool
-) -> Select[Any]:
+def _count_statement(level: QueryLevel, conditions: tuple[Shape, ...]) -> Select[Any]:
     """The COUNT behind the pagination warning: all matches, not just the page.
 
     A study search by ModalitiesInStudy alone is the broadest common search (a worklist's
@@ -730,9 +715,10 @@ def _count_statement(
     count the matches; the same number is the count of distinct studies among the matching
     series, which PostgreSQL and SQLite read off ``ix_series_modality_study_pk`` alone: at
     100,000 studies about 5x less work. Any other condition (or a patient-scoped token)
-    keeps the general form.
+    keeps the general form: the path's study UID and a token's patient are conditions of
+    the shape too.
     """
-    if modalities_only:
+    if level is QueryLevel.STUDY and len(conditions) == 1 and conditions[0][0] == "modalities":
         return modalities_study_count(conditions[0])
     return select_level(level, _where(conditions), func.count())
 
@@ -792,7 +778,7 @@ def search(session: Executor, query: ParsedQuery, *, base_url: str) -> SearchRes
     # fewer than a page match (measured: 50 ms at 100,000 studies, growing with the index).
     # Such searches are counted first, and a count that few are read through the matching
     # key's own index and sorted. The count is the one the pagination warning needs anyway.
-    count = _count_statement(query.level, shape.conditions, _modalities_only(query))
+    count = _count_statement(query.level, shape.conditions)
     total = session.scalar(count, values) if _estimate_prone(query) else None
     filter_first = total is not None and total <= FILTER_FIRST_MAX_ROWS
     page = _page_statement(query.level, shape.conditions, columns, filter_first)

@@ -5,20 +5,20 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from dicomweb_server.index import driver_sql
 from dicomweb_server.index.models import (
-    Base,
     BlobIntent,
     Instance,
     Series,
     SeriesRequest,
     Study,
+    table_of,
     utcnow,
 )
 from dicomweb_server.index.records import InstanceRecord
@@ -55,10 +55,6 @@ def _values(row: Any) -> list[Any]:
     return [getattr(row, name) for name in _field_names(type(row))]
 
 
-def _table(model: type[Base]) -> Table:
-    return cast(Table, model.__table__)
-
-
 class _Statements:
     """The write path's rarer statements (new studies and series, overwrites), built once per
     dialect and executed with parameters; the frequent ones are in :mod:`.driver_sql`.
@@ -70,8 +66,8 @@ class _Statements:
 
     def __init__(self, dialect: str) -> None:
         insert_for = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        studies, series = _table(Study), _table(Series)
-        instances = _table(Instance)
+        studies, series = table_of(Study), table_of(Series)
+        instances = table_of(Instance)
         self.insert_study = insert_for(studies).on_conflict_do_nothing(
             index_elements=["study_instance_uid"]
         )
@@ -80,7 +76,7 @@ class _Statements:
             .on_conflict_do_nothing(index_elements=["series_instance_uid"])
             .returning(series.c.pk)
         )
-        self.insert_request = insert(_table(SeriesRequest))
+        self.insert_request = insert(table_of(SeriesRequest))
         self.update_instance = update(instances).where(instances.c.pk == bindparam("target_pk"))
         self.instance_series = select(instances.c.series_pk).where(
             instances.c.pk == bindparam("target_pk")
