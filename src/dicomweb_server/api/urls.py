@@ -25,12 +25,43 @@ def _forwarded(value: str) -> dict[str, str]:
     return result
 
 
+#: Where a request's DICOMweb root is kept once worked out: a handler and the audit trail
+#: both need it, and the headers it comes from do not change within a request.
+_SCOPE_KEY = "dicomweb.base_url"
+
+
 def base_url(request: Request, settings: Settings) -> str:
     """The absolute URL of the DICOMweb root for this request, without a trailing slash."""
     if settings.public_base_url:
         return settings.public_base_url.rstrip("/")
-    headers = request.headers
-    scheme = request.url.scheme
+    state = request.scope.setdefault("state", {})
+    found: str | None = state.get(_SCOPE_KEY)
+    if found is None:
+        found = state[_SCOPE_KEY] = _request_root(request, settings)
+    return found
+
+
+#: The request headers the root is worked out from (ASGI servers pass names in lower case).
+_ROOT_HEADERS = frozenset(
+    {b"host", b"forwarded", b"x-forwarded-host", b"x-forwarded-proto", b"x-forwarded-prefix"}
+)
+
+
+def _root_headers(request: Request) -> dict[str, str]:
+    """The first value of each header in `_ROOT_HEADERS`, read in one pass over the raw
+    headers: looking each name up through ``request.headers`` scans them once per name."""
+    found: dict[str, str] = {}
+    for name, value in request.scope.get("headers", ()):
+        if name in _ROOT_HEADERS:
+            found.setdefault(name.decode("latin-1"), value.decode("latin-1"))
+    return found
+
+
+def _request_root(request: Request, settings: Settings) -> str:
+    headers = _root_headers(request)
+    # The scheme from the scope as the server (or its trusted proxy) set it: building
+    # ``request.url`` for it would assemble the whole URL, query string included.
+    scheme = str(request.scope.get("scheme") or "http")
     host = headers.get("host", "")
     prefix = ""
     proxied = False

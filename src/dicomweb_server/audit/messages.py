@@ -24,6 +24,7 @@ several patients' studies produces one message per patient.
 from __future__ import annotations
 
 import base64
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable, Sequence
@@ -41,6 +42,13 @@ _NOT_XML = re.compile("[^\u0009\u000a\u000d\u0020-\ud7ff\ue000-\ufffd\U00010000-
 def xml_text(value: str) -> str:
     """``value`` with every character XML 1.0 cannot hold replaced by U+FFFD."""
     return _NOT_XML.sub("\ufffd", value)
+
+
+#: What an attribute value may need: a character XML cannot hold or one that is escaped.
+#: Nearly every value (UIDs, IDs, addresses, codes) has none and is returned as it is.
+_ATTRIBUTE_WORK = re.compile(
+    '[&<>"\r\n\t]|[^\u0009\u000a\u000d\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]'
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,11 +133,17 @@ class ActiveParticipant:
         """1 = machine name, 2 = IP address (A.5.1)."""
         if self.network_access_point is None:
             return None
-        try:
-            ipaddress.ip_address(self.network_access_point)
-        except ValueError:
-            return "1"
-        return "2"
+        return _access_point_type(self.network_access_point)
+
+
+# One client address makes many requests: parse each once.
+@functools.lru_cache(maxsize=1024)
+def _access_point_type(address: str) -> str:
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return "1"
+    return "2"
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +209,7 @@ class AuditMessage:
         for participant in self.participants:
             _participant(out, participant)
         out.append(
-            f'<AuditSourceIdentification AuditSourceID="{_attribute(xml_text(self.source_id))}">'
+            f'<AuditSourceIdentification AuditSourceID="{_attribute_text(self.source_id)}">'
             f'<AuditSourceTypeCode csd-code="{_attribute(self.source_type)}" />'
             "</AuditSourceIdentification>"
         )
@@ -218,10 +232,20 @@ _ATTRIBUTE_ESCAPES = (
 
 def _attribute(value: str) -> str:
     """An attribute value escaped as ElementTree escapes it (newlines kept as references)."""
+    if _ATTRIBUTE_WORK.search(value) is None:
+        return value
     for char, entity in _ATTRIBUTE_ESCAPES:
         if char in value:
             value = value.replace(char, entity)
     return value
+
+
+def _attribute_text(value: str) -> str:
+    """Free text (a user, a UID, a host name) as an attribute value: characters XML cannot
+    hold replaced, then escaped; one search when there is nothing to do, as is usual."""
+    if _ATTRIBUTE_WORK.search(value) is None:
+        return value
+    return _attribute(xml_text(value))
 
 
 def _text(value: str) -> str:
@@ -241,23 +265,29 @@ def _text_element(out: list[str], tag: str, text: str) -> None:
 
 
 def _code(out: list[str], tag: str, code: Code) -> None:
+    out.append(_code_element(tag, code))
+
+
+# Codes are a few constants (CID 400-403 and the ID types): each element is written once.
+@functools.lru_cache(maxsize=256)
+def _code_element(tag: str, code: Code) -> str:
     meaning = _attribute(code.meaning)
-    out.append(
+    return (
         f'<{tag} csd-code="{_attribute(code.code)}" codeSystemName="{_attribute(code.system)}"'
         f' displayName="{meaning}" originalText="{meaning}" />'
     )
 
 
 def _participant(out: list[str], participant: ActiveParticipant) -> None:
-    out.append(f'<ActiveParticipant UserID="{_attribute(xml_text(participant.user_id))}"')
+    out.append(f'<ActiveParticipant UserID="{_attribute_text(participant.user_id)}"')
     if participant.alternative_user_id is not None:
-        out.append(f' AlternativeUserID="{_attribute(xml_text(participant.alternative_user_id))}"')
+        out.append(f' AlternativeUserID="{_attribute_text(participant.alternative_user_id)}"')
     if participant.user_name is not None:
-        out.append(f' UserName="{_attribute(xml_text(participant.user_name))}"')
+        out.append(f' UserName="{_attribute_text(participant.user_name)}"')
     out.append(f' UserIsRequestor="{"true" if participant.requestor else "false"}"')
     if participant.network_access_point is not None:
         out.append(
-            f' NetworkAccessPointID="{_attribute(xml_text(participant.network_access_point))}"'
+            f' NetworkAccessPointID="{_attribute_text(participant.network_access_point)}"'
             f' NetworkAccessPointTypeCode="{participant.network_access_point_type or "1"}"'
         )
     if not participant.roles:
@@ -272,7 +302,7 @@ def _participant(out: list[str], participant: ActiveParticipant) -> None:
 def _object(out: list[str], item: ParticipantObject) -> None:
     out.append(
         "<ParticipantObjectIdentification"
-        f' ParticipantObjectID="{_attribute(xml_text(item.object_id))}"'
+        f' ParticipantObjectID="{_attribute_text(item.object_id)}"'
         f' ParticipantObjectTypeCode="{_attribute(item.type_code)}"'
         f' ParticipantObjectTypeCodeRole="{_attribute(item.role)}">'
     )
@@ -284,14 +314,14 @@ def _object(out: list[str], item: ParticipantObject) -> None:
         _text_element(out, "ParticipantObjectName", xml_text(item.name or ""))
     for kind, value in item.details:
         out.append(
-            f'<ParticipantObjectDetail type="{_attribute(xml_text(kind))}"'
+            f'<ParticipantObjectDetail type="{_attribute_text(kind)}"'
             f' value="{base64.b64encode(value).decode()}" />'
         )
     if item.sop_classes:
         out.append("<ParticipantObjectDescription>")
         for sop_class in item.sop_classes:
             out.append(
-                f'<SOPClass UID="{_attribute(xml_text(sop_class.uid))}"'
+                f'<SOPClass UID="{_attribute_text(sop_class.uid)}"'
                 f' NumberOfInstances="{sop_class.count}"'
             )
             if not sop_class.instances:
@@ -299,7 +329,7 @@ def _object(out: list[str], item: ParticipantObject) -> None:
                 continue
             out.append(">")
             for uid in sop_class.instances:
-                out.append(f'<Instance UID="{_attribute(xml_text(uid))}" />')
+                out.append(f'<Instance UID="{_attribute_text(uid)}" />')
             out.append("</SOPClass>")
         out.append("</ParticipantObjectDescription>")
     out.append("</ParticipantObjectIdentification>")

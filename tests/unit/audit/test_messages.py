@@ -415,6 +415,28 @@ def test_markup_and_control_characters_survive_serialisation() -> None:
     assert patient.findtext("ParticipantObjectName") == tricky.replace("\r\n", "\n")
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        *("1.2.840.10008.5.1.4.1.1.2", "DOE^JOHN", "127.0.0.1", ""),
+        *'&<>"\r\n\t',
+        *("\x00", "\x1f", "a\ud800b", "\ufffe", "J\u00fcrgen", "\U0001f600", "x&y\x01"),
+    ],
+)
+def test_attribute_values_needing_no_work_are_kept_and_the_rest_escaped(value: str) -> None:
+    # Values are returned untouched only when neither escaping nor replacement applies; the
+    # result always equals the full treatment (replace what XML cannot hold, then escape).
+    expected = value
+    for char, entity in m._ATTRIBUTE_ESCAPES:
+        expected = expected.replace(char, entity)
+    expected = m.xml_text(expected)
+    assert m._attribute_text(value) == expected
+    if m.xml_text(value) == value:
+        assert m._attribute(value) == expected
+    root = etree.fromstring(f'<e a="{m._attribute_text(value)}" />'.encode())
+    assert root.get("a") == m.xml_text(value)
+
+
 def test_empty_elements_are_written_in_short_form() -> None:
     group = m.PatientGroup(m.Patient("", ""), {"1.2.3": {CT: []}})
     message = m.instances_accessed(
