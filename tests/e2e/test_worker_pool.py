@@ -53,17 +53,18 @@ def _live_workers(server: ServerProcess) -> set[int]:
     return live
 
 
+def _ready_others(server: ServerProcess, exclude: frozenset[int] | set[int]) -> list[int]:
+    """Pids of the workers that reported ready and are alive, none of `exclude`."""
+    live = _live_workers(server)
+    return [pid for pid in _ready_workers(server) if pid in live and pid not in exclude]
+
+
 def _wait_ready(
     server: ServerProcess, count: int, exclude: frozenset[int] | set[int] = frozenset()
 ) -> list[int]:
     """Pids of `count` workers that reported ready (and are alive), none of `exclude`."""
-
-    def ready() -> list[int]:
-        live = _live_workers(server)
-        return [pid for pid in _ready_workers(server) if pid in live and pid not in exclude]
-
-    _wait(lambda: len(ready()) >= count, what=f"{count} ready workers")
-    return ready()
+    _wait(lambda: len(_ready_others(server, exclude)) >= count, what=f"{count} ready workers")
+    return _ready_others(server, exclude)
 
 
 class Connection:
@@ -93,6 +94,21 @@ class Connection:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class _KeptInUse:
+    """A check for `_wait` that also sends a request on each connection every second, so
+    that none sits idle long enough for the server to close it."""
+
+    def __init__(self, connections: list[Connection]) -> None:
+        self.connections = connections
+        self.last = time.monotonic()
+
+    def __call__(self, *, force: bool = False) -> bool:
+        if force or time.monotonic() - self.last >= 1.0:
+            assert [c.get() for c in self.connections] == [200] * len(self.connections)
+            self.last = time.monotonic()
+        return True
 
 
 def _holder(workers: set[int], server_port: int, client_port: int) -> int | None:
@@ -257,14 +273,23 @@ def test_a_stopped_worker_gets_no_connections_and_is_replaced(tmp_path: Path) ->
         assert [c.get() for c in connections] == [200] * 4
         assert _holders(server, connections) == [survivor] * 4
 
-        _wait(lambda: stopped not in _live_workers(server), timeout=30, what="the kill")
+        # The four are kept in use while the kill and the replacement's start-up take their
+        # time: idle for uvicorn's keep-alive time-out (5 s), the survivor would close them,
+        # and then hold none on a slow machine.
+        in_use = _KeptInUse(connections)
+        _wait(
+            lambda: in_use() and stopped not in _live_workers(server), timeout=30, what="the kill"
+        )
         assert "has not answered for" in server.log()
-        (replacement,) = _wait_ready(server, 1, exclude=before)
+        _wait(lambda: in_use() and _ready_others(server, before), what="a replacement")
+        (replacement,) = _ready_others(server, before)
+        assert in_use(force=True)
         fresh = [Connection(server.port) for _ in range(2)]
         connections += fresh
         assert [c.get() for c in fresh] == [200, 200]
         # The survivor holds four: both new connections go to the replacement.
         assert _holders(server, fresh) == [replacement, replacement]
+        assert _holders(server, connections[:4]) == [survivor] * 4
     finally:
         for c in connections:
             c.close()
