@@ -123,3 +123,15 @@ def test_cpu_per_instance_compares_first_and_last_tenth() -> None:
     first, last = cpu_per_instance(samples, 1000)
     assert first == pytest.approx(1.0)
     assert last == pytest.approx(2.0)
+
+
+def test_request_cost_refuses_a_folder_without_the_benchmark_data(tmp_path: Path) -> None:
+    import request_cost
+
+    from dicomweb_server.index.database import upgrade_schema
+
+    with pytest.raises(SystemExit, match=r"holds no index\.sqlite"):
+        request_cost.main(["--data-dir", str(tmp_path)])
+    upgrade_schema(f"sqlite:///{tmp_path / 'index.sqlite'}")
+    with pytest.raises(SystemExit, match="no multi-frame rle object"):
+        request_cost.frame_targets(tmp_path, "rle", 10)
