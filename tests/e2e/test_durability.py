@@ -111,12 +111,13 @@ def test_sigkill_during_concurrent_stow(tmp_path: Path) -> None:
     server = ServerProcess(tmp_path / "data")
     acknowledged: dict[str, bytes] = {}
     try:
+        server.start()
         for acks, delay in ((9, 0.0), (12, 0.37), (15, 0.81)):
-            server.start()  # start-up recovery runs here
             acknowledged.update(_store_until_killed(server, acks, delay))
-            server.start()
+            server.start()  # start-up recovery runs here
             _check_intact(server, acknowledged)
-            server.stop()
+            # The next round stores into the recovered server: each kill meets the state the
+            # previous recovery left behind.
         assert len(acknowledged) > 30, "the load did not get going before the kills"
     finally:
         server.stop()
