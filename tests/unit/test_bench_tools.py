@@ -135,3 +135,5 @@ def test_request_cost_refuses_a_folder_without_the_benchmark_data(tmp_path: Path
     upgrade_schema(f"sqlite:///{tmp_path / 'index.sqlite'}")
     with pytest.raises(SystemExit, match="no multi-frame rle object"):
         request_cost.frame_targets(tmp_path, "rle", 10)
+    with pytest.raises(SystemExit, match="unknown --what: nope"):
+        request_cost.main(["--data-dir", str(tmp_path), "--what", "frames,nope"])
