@@ -179,6 +179,13 @@ class Settings(BaseSettings):
     oidc_leeway_seconds: int = Field(
         default=30, ge=0, le=60, description="Clock skew allowed on exp, nbf and iat."
     )
+    oidc_jwks_refetch_seconds: int = Field(
+        default=30,
+        ge=1,
+        le=3600,
+        description="Least time between two fetches of the issuer's keys: how soon a rotated "
+        "key is picked up, and how often made-up key ids or an issuer outage can cause a fetch.",
+    )
     oidc_introspection_url: str | None = Field(
         default=None,
         description="RFC 7662 introspection endpoint for opaque (non-JWT) access tokens.",

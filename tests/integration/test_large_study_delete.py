@@ -28,12 +28,21 @@ def test_delete_study_with_70000_instances(database_url: str, tmp_path: Path) ->
     archive = Archive.open(Settings(data_dir=tmp_path, database_url=database_url))
     try:
         study, series = "1.2.826.0.1.3680043.10.9.1", "1.2.826.0.1.3680043.10.9.1.1"
+        # Rows go in as STOW's committer writes them: the series resolved once, then
+        # multi-row inserts (one statement per instance took most of this test's time).
         with archive.write_engine.begin() as connection:
             cache = repository.LevelCache()
-            for index in range(70000):
-                record = build_record(_metadata(study, series, index), EXPLICIT_VR_LITTLE_ENDIAN)
-                blob = repository.StoredBlob(f"k/{index}", "0" * 64, 1, None, None, False)
-                assert repository.insert_instance(connection, record, blob, cache)
+            rows = [
+                (
+                    build_record(_metadata(study, series, index), EXPLICIT_VR_LITTLE_ENDIAN),
+                    repository.StoredBlob(f"k/{index}", "0" * 64, 1, None, None, False),
+                )
+                for index in range(70000)
+            ]
+            series_pk = repository.series_key(connection, rows[0][0], cache)
+            for start in range(0, len(rows), 5000):
+                chunk = [(series_pk, record, blob) for record, blob in rows[start : start + 5000]]
+                assert all(repository.insert_instances(connection, chunk))
         assert delete_service.delete(archive, study) == 70000
         with archive.sessions() as session:
             assert session.scalar(select(func.count()).select_from(Instance)) == 0

@@ -5,7 +5,7 @@ issuer's JWKS, then ``iss``, ``aud``, ``exp``, ``nbf`` and ``iat`` with a small 
 the configured asymmetric algorithms are accepted, so an unsigned token (``alg: none``) or
 one "signed" with HMAC using the issuer's public key as the secret is refused whatever its
 claims say. Keys are cached; a token naming an unknown ``kid`` makes the validator fetch
-the JWKS again (at most once per ``_REFETCH_INTERVAL``), which is how key rotation reaches
+the JWKS again (at most once per ``oidc_jwks_refetch_seconds``), which is how key rotation reaches
 a running archive. Opaque tokens go to the RFC 7662 introspection endpoint when one is
 configured; answers are cached no longer than the token lives.
 """
@@ -30,7 +30,6 @@ from joserfc.jws import JWSRegistry
 from dicomweb_server.auth.principal import Principal, Role
 from dicomweb_server.settings import Settings
 
-_REFETCH_INTERVAL = 30.0
 _JWKS_TTL = 3600.0
 _INTROSPECTION_CACHE_SECONDS = 60.0
 _INTROSPECTION_CACHE_SIZE = 10_000
@@ -168,7 +167,8 @@ class TokenValidator:
             unknown = kid is not None and keys is not None and not _has_kid(keys.keys, kid)
             # Every fetch, successful or not, waits out the interval: an issuer that is down
             # or a flood of tokens with made-up kids never turns into a request per token.
-            if (stale or unknown) and now - self._last_fetch_attempt >= _REFETCH_INTERVAL:
+            refetch = self.settings.oidc_jwks_refetch_seconds
+            if (stale or unknown) and now - self._last_fetch_attempt >= refetch:
                 self._last_fetch_attempt = now
                 try:
                     keys = _Keys(self._load_keys(), time.monotonic())

@@ -756,3 +756,22 @@ def test_revoked_opaque_tokens_stop_working_within_a_minute_through_the_middlewa
         return [first, second]
 
     assert anyio.run(statuses) == [200, 401]
+
+
+def test_the_refetch_limit_is_a_setting(clock: Clock) -> None:
+    idp = TestIdP()  # its own keys: this test rotates them
+    try:
+        issuer = MockIssuer(idp)
+        checker = http_validator(issuer, oidc_jwks_refetch_seconds=5)
+        assert checker.validate(timed(idp)).subject
+        idp.rotate(drop_old=True)
+        rotated = timed(idp)
+        clock.advance(4)
+        with pytest.raises(InvalidToken):
+            checker.validate(rotated)
+        assert issuer.count("/jwks") == 1
+        clock.advance(1)  # 5 s since the fetch
+        assert checker.validate(rotated).subject
+        assert issuer.count("/jwks") == 2
+    finally:
+        idp.stop()
