@@ -1,4 +1,4 @@
-"""The ceiling of the stack: frames and instances served by a bare ASGI app.
+"""The ceiling of the stack: frames and instances served, and instances stored, by a bare ASGI app.
 
 No framework, no database, no authentication, no audit: at start-up every file of the
 manifest is parsed once (with the archive's own ``parse_instance``, so frame byte ranges are
@@ -8,19 +8,27 @@ between it and the archive is what routing, the index lookup, authorization, aud
 the response machinery cost. ``scripts/bench.py`` reports the archive's figures as a
 fraction of it.
 
+With ``--store-dir`` it also takes STOW-RS requests and does the least a store that
+acknowledges only durable bytes must do: each part of the multipart body is written to a
+file, flushed, renamed into place, and the folder flushed, in a worker thread, before the
+answer. No hashing, no parsing, no index, no response detail: what is left of the archive's
+STOW-RS when everything it does on top of HTTP and durable files is taken away.
+
 Routes (the archive's paths, so the same requests go to both):
 ``/dicom-web/studies/{study}/series/{series}/instances/{sop}/frames/{n}`` (one frame number),
 ``/dicom-web/studies/{study}/series/{series}/instances/{sop}`` and
-``/dicom-web/studies/{study}/series/{series}`` (multipart/related application/dicom), and
-``/readyz``.
+``/dicom-web/studies/{study}/series/{series}`` (multipart/related application/dicom),
+``POST /dicom-web/studies`` (with ``--store-dir``), and ``/readyz``.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
+import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +44,7 @@ Send = Callable[[Message], Awaitable[None]]
 BOUNDARY = b"ceiling-4b1d"
 CHUNK = 1024 * 1024
 MANIFEST_VARIABLE = "BENCH_CEILING_MANIFEST"
+STORE_VARIABLE = "BENCH_CEILING_STORE"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,13 +58,13 @@ class Stored:
     frames: tuple[tuple[tuple[int, int], ...], ...]
 
 
-def load(manifest: Path) -> tuple[dict[str, Stored], dict[str, list[str]]]:
+def load(manifest: Path | None) -> tuple[dict[str, Stored], dict[str, list[str]]]:
     """Parse every file of the manifest (a JSON list of paths) once."""
     from dicomweb_server.dicom.parse import parse_instance
 
     instances: dict[str, Stored] = {}
     series: dict[str, list[str]] = {}
-    for name in json.loads(manifest.read_text()):
+    for name in json.loads(manifest.read_text()) if manifest is not None else []:
         parsed = parse_instance(name, bulk_data_threshold=1024, bulk_uri=lambda *_: "")
         layout = parsed.pixel
         frames = (
@@ -73,11 +82,58 @@ def load(manifest: Path) -> tuple[dict[str, Stored], dict[str, list[str]]]:
     return instances, series
 
 
+def multipart_parts(body: bytes, content_type: str) -> list[bytes] | None:
+    """The contents of a multipart body's parts; None when it is not one."""
+    boundary = ""
+    for item in content_type.split(";")[1:]:
+        name, _, value = item.strip().partition("=")
+        if name.lower() == "boundary":
+            boundary = value.strip('"')
+    if not content_type.lower().startswith("multipart/related") or not boundary:
+        return None
+    delimiter = b"\r\n--" + boundary.encode()
+    pieces = (b"\r\n" + body).split(delimiter)
+    found = []
+    for piece in pieces[1:]:
+        if piece.startswith(b"--"):
+            break
+        _head, separator, content = piece.partition(b"\r\n\r\n")
+        if not separator:
+            return None
+        found.append(content)
+    return found
+
+
+class DurableFolder:
+    """Files written as the archive's filesystem store writes blobs: flushed, renamed, and
+    the folder flushed, so a file that is there after a crash is whole."""
+
+    def __init__(self, path: Path) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.folder = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+
+    def write(self, data: bytes) -> None:
+        name = uuid.uuid4().hex
+        staging = self.path / f".{name}.tmp"
+        fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(staging, self.path / f"{name}.dcm")
+        os.fsync(self.folder)
+
+
 class Ceiling:
     """The ASGI application."""
 
-    def __init__(self, manifest: Path) -> None:
+    def __init__(self, manifest: Path | None, store: Path | None = None) -> None:
         self.instances, self.series = load(manifest)
+        self.store = DurableFolder(store) if store is not None else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -91,7 +147,12 @@ class Ceiling:
         if scope["type"] != "http":
             return
         segments = scope["path"].strip("/").split("/")
-        if segments == ["readyz"]:
+        if scope["method"] == "POST":
+            if segments == ["dicom-web", "studies"] and self.store is not None:
+                await self._store(scope, receive, send)
+            else:
+                await self._simple(send, 405, b"method not allowed")
+        elif segments == ["readyz"]:
             await self._simple(send, 200, b"ready")
         elif len(segments) == 9 and segments[7] == "frames":
             await self._frame(send, segments[6], segments[8])
@@ -101,6 +162,33 @@ class Ceiling:
             await self._files(send, self.series.get(segments[4], []))
         else:
             await self._simple(send, 404, b"not found")
+
+    async def _store(self, scope: Scope, receive: Receive, send: Send) -> None:
+        assert self.store is not None
+        body = bytearray()
+        more = True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        content_type = ""
+        for name, value in scope["headers"]:
+            if name == b"content-type":
+                content_type = value.decode("latin-1")
+        parts = multipart_parts(bytes(body), content_type)
+        if not parts:
+            await self._simple(send, 415, b"a multipart/related body is needed")
+            return
+        loop = asyncio.get_running_loop()
+        for part in parts:
+            await loop.run_in_executor(None, self.store.write, part)
+        answer = b'{"00081199":{"vr":"SQ","Value":[%d]}}' % len(parts)
+        headers = [
+            (b"content-type", b"application/dicom+json"),
+            (b"content-length", b"%d" % len(answer)),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": answer})
 
     async def _simple(self, send: Send, status: int, body: bytes) -> None:
         headers = [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body))]
@@ -159,18 +247,24 @@ class Ceiling:
 
 
 def create_app() -> Ceiling:
-    """The app for uvicorn's factory mode; the manifest path comes from the environment."""
-    return Ceiling(Path(os.environ[MANIFEST_VARIABLE]))
+    """The app for uvicorn's factory mode; its paths come from the environment."""
+    manifest = os.environ.get(MANIFEST_VARIABLE)
+    store = os.environ.get(STORE_VARIABLE)
+    return Ceiling(Path(manifest) if manifest else None, Path(store) if store else None)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--manifest", required=True, help="JSON list of the files to serve")
+    parser.add_argument("--manifest", help="JSON list of the files to serve")
+    parser.add_argument("--store-dir", help="take STOW-RS requests, keeping parts here")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
-    os.environ[MANIFEST_VARIABLE] = str(Path(args.manifest).resolve())
+    if args.manifest:
+        os.environ[MANIFEST_VARIABLE] = str(Path(args.manifest).resolve())
+    if args.store_dir:
+        os.environ[STORE_VARIABLE] = str(Path(args.store_dir).resolve())
     # The settings `dicomweb-server serve` passes to uvicorn (cli.py), so only the app differs.
     uvicorn.run(
         "bench_ceiling:create_app",

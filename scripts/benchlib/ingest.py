@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -12,7 +13,7 @@ from .multipart import parts
 from .qido import LABELS, QueryMix
 from .report import Scenario
 from .runner import DICOM_ACCEPT, JSON_ACCEPT, Bench, load_instances, orthanc_rest_jobs, stow_jobs
-from .servers import ORTHANC_NAME, Server
+from .servers import ORTHANC_NAME, Server, start_ceiling
 from .workload import CTSeries, SmallInstance, make_studies
 
 QIDO_KIND = 30
@@ -57,9 +58,47 @@ def verify_stored(
     return checks, failed
 
 
+def verify_ceiling_store(
+    folder: Path, before: set[str], instances: list[bytes], stored: int
+) -> tuple[int, int]:
+    """Check what a STOW run left in the ceiling's folder: one new file per instance it
+    acknowledged, each byte for byte one of the instances sent. Returns (checks, failures)."""
+    sent = {hashlib.sha256(data).digest() for data in instances}
+    new = sorted(path for path in folder.glob("*.dcm") if path.name not in before)
+    failed = int(len(new) != stored)
+    for path in new:
+        failed += hashlib.sha256(path.read_bytes()).digest() not in sent
+    return 1 + len(new), failed
+
+
+def _stored_names(folder: Path) -> set[str]:
+    return {path.name for path in folder.glob("*.dcm")}
+
+
 def run_stow(bench: Bench) -> None:
-    """STOW-RS of 512x512 CT slices at each client concurrency, the same instances to each."""
+    """STOW-RS of 512x512 CT slices at each client concurrency, the same instances to each.
+
+    Unless ``--no-ceiling``, the bare-ASGI ceiling takes the same requests too, writing each
+    part to a flushed file: what storing over HTTP costs on this stack before any archive
+    work (scripts/bench_ceiling.py).
+    """
     args = bench.args
+    ceiling: Server | None = None
+    folder = bench.workdir / "ceiling-store"
+    if not args.no_ceiling:
+        ceiling = start_ceiling(bench.workdir, None, workers=args.workers, store=folder)
+        bench.monitor.watch(ceiling, args.memory_guard_mb * 1_000_000)
+    try:
+        _run_stow_levels(bench, ceiling, folder)
+    finally:
+        if ceiling is not None:
+            ceiling.stop()
+            bench.monitor.forget(ceiling.name)
+
+
+def _run_stow_levels(bench: Bench, ceiling: Server | None, folder: Path) -> None:
+    args = bench.args
+    servers = [*bench.servers(), *([ceiling] if ceiling is not None else [])]
     for level, concurrency in enumerate(args.stow_concurrency):
         series = CTSeries(kind=50 + level, patient=level + 1)
         instances = series.instances(args.count)
@@ -72,7 +111,8 @@ def run_stow(bench: Bench) -> None:
             min_ratio=1.5,
             short=f"STOW c={concurrency}",
         )
-        for server in bench.servers():
+        for server in servers:
+            before = _stored_names(folder) if server is ceiling else set()
             load = bench.measure(
                 scenario,
                 server,
@@ -84,7 +124,10 @@ def run_stow(bench: Bench) -> None:
                 warmup=0,
                 sent=True,
             )
-            checks, failed = verify_stored(server, series, instances, load.units)
+            if server is ceiling:
+                checks, failed = verify_ceiling_store(folder, before, instances, load.units)
+            else:
+                checks, failed = verify_stored(server, series, instances, load.units)
             figures = scenario.figures[server.name]
             figures.checked += checks
             figures.wrong += failed

@@ -230,14 +230,21 @@ def start_orthanc(workdir: Path) -> Server:
     return server
 
 
-def start_ceiling(workdir: Path, manifest: Path, *, workers: int) -> Server:
-    """The bare-ASGI ceiling, under the same uvicorn settings as our server."""
+def start_ceiling(
+    workdir: Path, manifest: Path | None, *, workers: int, store: Path | None = None
+) -> Server:
+    """The bare-ASGI ceiling, under the same uvicorn settings as our server: serving the
+    manifest's files, or (with `store`) taking STOW-RS requests into that folder."""
     port = free_port()
-    log = workdir / "ceiling.log"
+    log = workdir / ("ceiling.log" if store is None else "ceiling-stow.log")
     command = [
-        sys.executable, str(SCRIPTS / "bench_ceiling.py"), "--manifest", str(manifest),
-        "--port", str(port), "--workers", str(workers),
+        sys.executable, str(SCRIPTS / "bench_ceiling.py"), "--port", str(port),
+        "--workers", str(workers),
     ]  # fmt: skip
+    if manifest is not None:
+        command += ["--manifest", str(manifest)]
+    if store is not None:
+        command += ["--store-dir", str(store)]
     server = Server(CEILING, port, "/dicom-web", _spawn(command, log), log)
     _wait_ready(server, "/readyz")
     return server

@@ -137,3 +137,34 @@ def test_request_cost_refuses_a_folder_without_the_benchmark_data(tmp_path: Path
         request_cost.frame_targets(tmp_path, "rle", 10)
     with pytest.raises(SystemExit, match="unknown --what: nope"):
         request_cost.main(["--data-dir", str(tmp_path), "--what", "frames,nope"])
+
+
+def test_the_stow_ceiling_keeps_each_part_as_a_durable_file(tmp_path: Path) -> None:
+    """The bare-ASGI ceiling, run as the benchmark runs it, stores what STOW-RS sends it."""
+    from benchlib.client import Request, fetch
+    from benchlib.ingest import verify_ceiling_store
+    from benchlib.servers import start_ceiling
+
+    study = make_studies(1, kind=41)[0]
+    template = SmallInstance()
+    instances = [template.instance(study, kind=41, number=n, per_series=3) for n in range(3)]
+    folder = tmp_path / "store"
+    server = start_ceiling(tmp_path, None, workers=1, store=folder)
+    try:
+        headers = (("Content-Type", STOW_CONTENT_TYPE), ("Accept", "application/dicom+json"))
+        path = server.path("/studies")
+        for batch in (instances[:1], instances[1:]):
+            answer = fetch(
+                server.host, server.port, Request("POST", path, headers, stow_body(batch))
+            )
+            assert answer.status == 200, answer.body
+        plain = (("Content-Type", "application/dicom"),)
+        refused = fetch(server.host, server.port, Request("POST", path, plain, instances[0]))
+        assert refused.status == 415
+    finally:
+        server.stop()
+    stored = sorted(path.read_bytes() for path in folder.glob("*.dcm"))
+    assert stored == sorted(instances)
+    assert not list(folder.glob(".*.tmp"))
+    assert verify_ceiling_store(folder, set(), instances, 3) == (4, 0)
+    assert verify_ceiling_store(folder, set(), instances[:1], 3) == (4, 2)
