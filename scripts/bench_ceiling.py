@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+from benchlib import multipart
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -80,28 +81,6 @@ def load(manifest: Path | None) -> tuple[dict[str, Stored], dict[str, list[str]]
         )
         series.setdefault(parsed.series_instance_uid, []).append(parsed.sop_instance_uid)
     return instances, series
-
-
-def multipart_parts(body: bytes, content_type: str) -> list[bytes] | None:
-    """The contents of a multipart body's parts; None when it is not one."""
-    boundary = ""
-    for item in content_type.split(";")[1:]:
-        name, _, value = item.strip().partition("=")
-        if name.lower() == "boundary":
-            boundary = value.strip('"')
-    if not content_type.lower().startswith("multipart/related") or not boundary:
-        return None
-    delimiter = b"\r\n--" + boundary.encode()
-    pieces = (b"\r\n" + body).split(delimiter)
-    found = []
-    for piece in pieces[1:]:
-        if piece.startswith(b"--"):
-            break
-        _head, separator, content = piece.partition(b"\r\n\r\n")
-        if not separator:
-            return None
-        found.append(content)
-    return found
 
 
 class DurableFolder:
@@ -175,7 +154,12 @@ class Ceiling:
         for name, value in scope["headers"]:
             if name == b"content-type":
                 content_type = value.decode("latin-1")
-        parts = multipart_parts(bytes(body), content_type)
+        try:
+            if not content_type.lower().startswith("multipart/related"):
+                raise ValueError("not multipart/related")
+            parts = [content for _, content in multipart.parts(bytes(body), content_type)]
+        except ValueError:
+            parts = []
         if not parts:
             await self._simple(send, 415, b"a multipart/related body is needed")
             return

@@ -64,7 +64,7 @@ def verify_ceiling_store(
     """Check what a STOW run left in the ceiling's folder: one new file per instance it
     acknowledged, each byte for byte one of the instances sent. Returns (checks, failures)."""
     sent = {hashlib.sha256(data).digest() for data in instances}
-    new = sorted(path for path in folder.glob("*.dcm") if path.name not in before)
+    new = [folder / name for name in sorted(_stored_names(folder) - before)]
     failed = int(len(new) != stored)
     for path in new:
         failed += hashlib.sha256(path.read_bytes()).digest() not in sent

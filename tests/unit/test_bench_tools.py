@@ -161,6 +161,9 @@ def test_the_stow_ceiling_keeps_each_part_as_a_durable_file(tmp_path: Path) -> N
         plain = (("Content-Type", "application/dicom"),)
         refused = fetch(server.host, server.port, Request("POST", path, plain, instances[0]))
         assert refused.status == 415
+        torn = stow_body(instances[:1])[:200]  # the boundary, no part end, no closing line
+        refused = fetch(server.host, server.port, Request("POST", path, headers, torn))
+        assert refused.status == 415
     finally:
         server.stop()
     stored = sorted(path.read_bytes() for path in folder.glob("*.dcm"))

@@ -5,8 +5,8 @@ issuer's JWKS, then ``iss``, ``aud``, ``exp``, ``nbf`` and ``iat`` with a small 
 the configured asymmetric algorithms are accepted, so an unsigned token (``alg: none``) or
 one "signed" with HMAC using the issuer's public key as the secret is refused whatever its
 claims say. Keys are cached; a token naming an unknown ``kid`` makes the validator fetch
-the JWKS again (at most once per ``oidc_jwks_refetch_seconds``), which is how key rotation reaches
-a running archive. Opaque tokens go to the RFC 7662 introspection endpoint when one is
+the JWKS again (at most once per ``oidc_jwks_refetch_seconds``), which is how key rotation
+reaches a running archive. Opaque tokens go to the RFC 7662 introspection endpoint when one is
 configured; answers are cached no longer than the token lives.
 """
 
