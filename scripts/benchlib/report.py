@@ -94,7 +94,10 @@ class Scenario:
 
     def target_text(self) -> str:
         parts = []
-        if self.min_ratio is not None:
+        if self.min_ratio is not None and ORTHANC_NAME not in self.figures:
+            # Without Orthanc the ratio cannot be judged: say so rather than let PASS imply it.
+            parts.append(f">={self.min_ratio:g}x not judged")
+        elif self.min_ratio is not None:
             parts.append(f">={self.min_ratio:g}x")
         elif ORTHANC_NAME in self.figures:
             parts.append(">=1x")

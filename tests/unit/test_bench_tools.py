@@ -114,6 +114,11 @@ def test_verdict_needs_ratio_limits_and_correct_answers() -> None:
     alone = Scenario("y", "y", "inst/s", checks={"tail": False})
     alone.figures[OURS] = Figures(value=1, requests=1)
     assert alone.misses() == ["tail: no"]
+    unjudged = Scenario("z", "z", "req/s", min_ratio=50, max_p99_ms=50)
+    unjudged.figures[OURS] = Figures(value=600, p99_ms=20, requests=10)
+    assert unjudged.target_text() == ">=50x not judged, p99<50ms"
+    unjudged.figures[ORTHANC_NAME] = Figures(value=100)
+    assert unjudged.target_text() == ">=50x, p99<50ms"
 
 
 def test_cpu_per_instance_compares_first_and_last_tenth() -> None:
