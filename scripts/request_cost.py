@@ -16,8 +16,11 @@ It needs a data folder holding the benchmark's QIDO index and multi-frame object
     python scripts/request_cost.py --data-dir W/archive
     python scripts/request_cost.py --data-dir W/archive --instructions --what frames
 
-It sends GET requests only, and its audit records go to a temporary folder; the
-application's start-up housekeeping runs on the folder as it does for ``serve``.
+Its audit records go to a temporary folder; the application's start-up housekeeping runs
+on the folder as it does for ``serve``. ``--what stow`` needs no data folder: it stores the
+benchmark's 512x512 CT slices, one per STOW-RS request, into a fresh archive in a temporary
+folder (one series, as a benchmark level does), so what it counts is the archive's own work
+on an instance: receiving, staging, hashing, parsing, indexing, auditing and answering.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -47,7 +51,20 @@ FRAME_SYNTAXES = {
 }
 FRAMES_ACCEPT = b'multipart/related; type="application/octet-stream"; transfer-syntax=*'
 JSON_ACCEPT = b"application/dicom+json"
-Target = tuple[str, bytes, bytes]  # path, query string, Accept
+KINDS = ("frames", "qido", "stow")
+#: What uvicorn hands the application per body message (its read size).
+BODY_CHUNK = 65_536
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One request: GET unless it has a body (then a STOW-RS POST), in uvicorn-sized chunks."""
+
+    path: str
+    query: bytes = b""
+    accept: bytes = JSON_ACCEPT
+    body: tuple[bytes, ...] | None = None
+    content_type: bytes = b""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -56,12 +73,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add = parser.add_argument
-    add("--data-dir", type=Path, required=True, help="an archive data folder (see above)")
-    add("--what", default="frames,qido", help="comma-separated: frames, qido")
+    add("--data-dir", type=Path, help="an archive data folder (see above; not for stow)")
+    add("--what", default="frames,qido", help=f"comma-separated: {', '.join(KINDS)}")
     add("--frames-kind", choices=sorted(FRAME_SYNTAXES), default="rle")
     add("--qido-studies", type=int, default=10_000, help="studies the QIDO index was built with")
     add("--requests", type=int, default=2000, help="requests per round")
     add("--rounds", type=int, default=5, help="rounds; the cheapest is reported")
+    add("--warmup", type=int, default=200, help="requests before the first round")
     add("--instructions", action="store_true", help="count instructions under callgrind")
     add("--profile", action="store_true", help="also print the event-loop thread's profile")
     return parser.parse_args(argv)
@@ -95,7 +113,7 @@ def frame_targets(data_dir: Path, kind: str, count: int) -> list[Target]:
     frames = int(row[3])
     base = f"/dicom-web/studies/{study}/series/{series}/instances/{instance}/frames/"
     rng = random.Random(29)
-    return [(base + str(rng.randint(1, frames)), b"", FRAMES_ACCEPT) for _ in range(count)]
+    return [Target(base + str(rng.randint(1, frames)), accept=FRAMES_ACCEPT) for _ in range(count)]
 
 
 def qido_targets(studies: int) -> list[Target]:
@@ -107,8 +125,45 @@ def qido_targets(studies: int) -> list[Target]:
     targets = []
     for query in QueryMix(make_studies(studies, kind=QIDO_KIND)).queries:
         url = urlsplit(query.path("/dicom-web"))
-        targets.append((url.path, url.query.encode(), JSON_ACCEPT))
+        targets.append(Target(url.path, url.query.encode()))
     return targets
+
+
+class StowTargets(Sequence[Target]):
+    """The benchmark's CT slices, one STOW-RS request each, built when asked for.
+
+    Slice ``i`` is slice 0 with its SOP Instance UID replaced (the generated UIDs have a fixed
+    width, and they all lie in the body's first chunk): building a request then costs one
+    64 KB splice, next to nothing beside storing 525 KB, so the CPU measured is the archive's.
+    """
+
+    def __init__(self, count: int) -> None:
+        from benchlib.multipart import STOW_CONTENT_TYPE, stow_body
+        from benchlib.workload import CTSeries
+
+        self._count = count
+        self._series = CTSeries(kind=50)
+        body = stow_body([self._series.instance(0)])
+        self._chunks = tuple(
+            body[start : start + BODY_CHUNK] for start in range(0, len(body), BODY_CHUNK)
+        )
+        self._uid = self._series.sop_uid(0).encode()
+        if self._chunks[0].count(self._uid) != body.count(self._uid) or not body.count(self._uid):
+            raise SystemExit("stow: the template's UIDs are not all in its first chunk")
+        self._content_type = STOW_CONTENT_TYPE.encode()
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, index: int) -> Target:  # type: ignore[override]
+        if not 0 <= index < self._count:
+            raise IndexError(index)
+        first = self._chunks[0].replace(self._uid, self._series.sop_uid(index).encode())
+        return Target(
+            "/dicom-web/studies",
+            body=(first, *self._chunks[1:]),
+            content_type=self._content_type,
+        )
 
 
 def thread_cpu() -> dict[int, float]:
@@ -122,33 +177,60 @@ def thread_cpu() -> dict[int, float]:
     return found
 
 
-async def measure(args: argparse.Namespace, what: str, targets: list[Target]) -> None:
+def body_messages(body: tuple[bytes, ...] | None) -> Callable[[], Any]:
+    """An ASGI ``receive`` handing over ``body``'s chunks, one message each."""
+    chunks = body or (b"",)
+    position = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal position
+        if position >= len(chunks):
+            return {"type": "http.disconnect"}
+        position += 1
+        more = position < len(chunks)
+        return {"type": "http.request", "body": chunks[position - 1], "more_body": more}
+
+    return receive
+
+
+async def measure(
+    args: argparse.Namespace, what: str, targets: Sequence[Target], data_dir: Path
+) -> None:
     from dicomweb_server.app import create_app
     from dicomweb_server.heap import settle_after_startup
     from dicomweb_server.settings import Settings
 
-    app = create_app(Settings(data_dir=args.data_dir))
+    settings = Settings(data_dir=data_dir)
+    if isinstance(targets, StowTargets):  # a fresh archive: ``serve`` would migrate it first
+        from dicomweb_server.index.database import upgrade_schema
+
+        upgrade_schema(settings.resolved_database_url)
+    app = create_app(settings)
     statuses: dict[int, int] = {}
+    warmup = min(args.warmup, len(targets))
 
     async def request(target: Target) -> None:
-        path, query, accept = target
+        headers = [(b"host", b"127.0.0.1:8042"), (b"accept", target.accept)]
+        if target.body is not None:
+            headers += [
+                (b"content-type", target.content_type),
+                (b"content-length", str(sum(map(len, target.body))).encode()),
+            ]
         scope = {
             "type": "http",
             "asgi": {"version": "3.0"},
             "http_version": "1.1",
-            "method": "GET",
+            "method": "GET" if target.body is None else "POST",
             "scheme": "http",
-            "path": path,
-            "raw_path": path.encode(),
+            "path": target.path,
+            "raw_path": target.path.encode(),
             "root_path": "",
-            "query_string": query,
-            "headers": [(b"host", b"127.0.0.1:8042"), (b"accept", accept)],
+            "query_string": target.query,
+            "headers": headers,
             "server": ("127.0.0.1", 8042),
             "client": ("127.0.0.1", 40000),
         }
-
-        async def receive() -> dict[str, Any]:
-            return {"type": "http.request", "body": b"", "more_body": False}
+        receive = body_messages(target.body)
 
         async def send(message: MutableMapping[str, Any]) -> None:
             if message["type"] == "http.response.start":
@@ -159,14 +241,16 @@ async def measure(args: argparse.Namespace, what: str, targets: list[Target]) ->
 
     async with app.router.lifespan_context(app):
         settle_after_startup()
-        for index in range(min(200, len(targets))):  # warm caches and statements
+        for index in range(warmup):  # warm caches and statements
             await request(targets[index])
         best = best_loop = float("inf")
         threads: dict[int, float] = {}
+        sent = warmup
         for _ in range(args.rounds):
             before, loop_before = thread_cpu(), time.thread_time()
-            for index in range(args.requests):
-                await request(targets[index % len(targets)])
+            for _ in range(args.requests):
+                await request(targets[sent % len(targets)])
+                sent += 1
             after, loop_time = thread_cpu(), time.thread_time() - loop_before
             total = sum(after.values()) - sum(before.get(tid, 0.0) for tid in after)
             if total < best:
@@ -194,10 +278,11 @@ async def measure(args: argparse.Namespace, what: str, targets: list[Target]) ->
 
             profile = cProfile.Profile()
             profile.enable()
-            for index in range(args.requests):
-                await request(targets[index % len(targets)])
+            for _ in range(args.requests):
+                await request(targets[sent % len(targets)])
+                sent += 1
             profile.disable()
-            pstats.Stats(profile).sort_stats("cumulative").print_stats(40)
+            pstats.Stats(profile).sort_stats(os.environ.get("SORT", "cumulative")).print_stats(40)
 
 
 def count_instructions(args: argparse.Namespace, what: str) -> None:
@@ -209,10 +294,12 @@ def count_instructions(args: argparse.Namespace, what: str) -> None:
         with tempfile.TemporaryDirectory() as folder:
             command = [
                 "valgrind", "--tool=callgrind", f"--callgrind-out-file={folder}/out",
-                sys.executable, __file__, "--data-dir", str(args.data_dir), "--what", what,
+                sys.executable, __file__, "--what", what,
                 "--frames-kind", args.frames_kind, "--qido-studies", str(args.qido_studies),
-                "--requests", str(requests), "--rounds", "1",
+                "--requests", str(requests), "--rounds", "1", "--warmup", str(args.warmup),
             ]  # fmt: skip
+            if args.data_dir is not None:
+                command += ["--data-dir", str(args.data_dir)]
             done = subprocess.run(command, capture_output=True, text=True)
             found = re.search(r"Collected : (\d+)", done.stderr)
             if done.returncode or found is None:
@@ -225,13 +312,16 @@ def count_instructions(args: argparse.Namespace, what: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    args.data_dir = args.data_dir.resolve()
-    if not (args.data_dir / "index.sqlite").is_file():
-        raise SystemExit(f"{args.data_dir} holds no index.sqlite: see --help")
     kinds = [item for item in args.what.split(",") if item]
-    unknown = set(kinds) - {"frames", "qido"}
+    unknown = set(kinds) - set(KINDS)
     if unknown:
-        raise SystemExit(f"unknown --what: {', '.join(sorted(unknown))} (frames, qido)")
+        raise SystemExit(f"unknown --what: {', '.join(sorted(unknown))} ({', '.join(KINDS)})")
+    if set(kinds) - {"stow"}:
+        if args.data_dir is None:
+            raise SystemExit("frames and qido need --data-dir: see --help")
+        args.data_dir = args.data_dir.resolve()
+        if not (args.data_dir / "index.sqlite").is_file():
+            raise SystemExit(f"{args.data_dir} holds no index.sqlite: see --help")
     if args.instructions and shutil.which("valgrind") is None:
         raise SystemExit("--instructions needs valgrind (Debian package valgrind)")
     os.environ["DICOMWEB_AUTH"] = "off"
@@ -242,9 +332,15 @@ def main(argv: list[str] | None = None) -> None:
                 count_instructions(args, what)
             elif what == "frames":
                 targets = frame_targets(args.data_dir, args.frames_kind, 5000)
-                asyncio.run(measure(args, what, targets))
+                asyncio.run(measure(args, what, targets, args.data_dir))
+            elif what == "qido":
+                targets = qido_targets(args.qido_studies)
+                asyncio.run(measure(args, what, targets, args.data_dir))
             else:
-                asyncio.run(measure(args, what, qido_targets(args.qido_studies)))
+                # Every request stores a new instance, into a fresh archive.
+                count = args.warmup + args.requests * (args.rounds + (1 if args.profile else 0))
+                with tempfile.TemporaryDirectory() as archive:
+                    asyncio.run(measure(args, what, StowTargets(count), Path(archive)))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -142,6 +143,31 @@ def test_request_cost_refuses_a_folder_without_the_benchmark_data(tmp_path: Path
         request_cost.frame_targets(tmp_path, "rle", 10)
     with pytest.raises(SystemExit, match="unknown --what: nope"):
         request_cost.main(["--data-dir", str(tmp_path), "--what", "frames,nope"])
+
+
+def test_request_cost_stores_a_new_instance_with_every_stow_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import request_cost
+
+    monkeypatch.setenv("DICOMWEB_AUTH", "off")  # restored after the test; main sets both
+    monkeypatch.setenv("DICOMWEB_AUDIT_DIR", str(tmp_path))
+    targets = request_cost.StowTargets(3)
+    uids = set()
+    for target in targets:
+        assert target.body is not None
+        content_type = target.content_type.decode()
+        [(_, data)] = parts(b"".join(target.body), content_type)
+        uids.add(pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID)
+    assert len(uids) == 3  # each request stores an instance of its own
+    with pytest.raises(IndexError):
+        targets[3]
+
+    # Every request must be answered 200, or the script refuses to report a figure.
+    request_cost.main(["--what", "stow", "--requests", "2", "--rounds", "2", "--warmup", "1"])
+    assert re.search(r"^stow: \d+ µs CPU per request", capsys.readouterr().out, re.MULTILINE)
+    with pytest.raises(SystemExit, match="frames and qido need --data-dir"):
+        request_cost.main(["--what", "stow,qido"])
 
 
 def test_the_stow_ceiling_keeps_each_part_as_a_durable_file(tmp_path: Path) -> None:
