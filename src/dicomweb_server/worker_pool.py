@@ -64,6 +64,9 @@ _QUIET_AFTER = 5.0
 _WATCH_INTERVAL = 0.5
 #: Connections accepted per wake-up, so that worker messages are read in between.
 _ACCEPT_BATCH = 64
+#: How long a stopping worker waits for the first request of a connection handed to it
+#: just before it was told to stop (the client sends it at once; this only bounds a silent one).
+_FIRST_REQUEST_GRACE = 2.0
 
 
 @dataclass
@@ -110,7 +113,15 @@ class HandOffServer(uvicorn.Server):
         self._tell(READY)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # Connections the supervisor handed over before it said stop are this worker's to
+        # answer: take any still in the channel, and have each made before uvicorn asks
+        # every connection to finish (one that is waiting for its first request answers
+        # it, then closes: see _closing_reporter).
+        if self._receiving:
+            self._receive()
         self._stop_receiving()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=_FIRST_REQUEST_GRACE)
         await super().shutdown(sockets=[])
         self._channel.close()
 
@@ -175,17 +186,60 @@ class HandOffServer(uvicorn.Server):
 
     async def _serve_connection(self, connection: socket.socket) -> None:
         connection.setblocking(False)
+        loop = asyncio.get_running_loop()
         try:
-            await asyncio.get_running_loop().connect_accepted_socket(self._protocol, connection)
+            _transport, protocol = await loop.connect_accepted_socket(self._protocol, connection)
         except Exception:  # the peer left before it was served: count it closed
             connection.close()
             self._closed()
+            return
+        if self.should_exit:
+            # Made after uvicorn asked every connection to finish: ask this one too.
+            protocol.shutdown()  # type: ignore[attr-defined]  # uvicorn's HTTP protocols
 
 
 def _closing_reporter(base: type, closed: Callable[[], None]) -> type:
-    """The HTTP protocol class `base`, calling `closed` once its connection is lost."""
+    """The HTTP protocol class `base`, calling `closed` once its connection is lost.
+
+    It also finishes a new connection gracefully when the worker stops: uvicorn closes every
+    connection without a request in progress, which for one handed over a moment ago drops
+    the request its client is sending. Such a connection (opened less than
+    ``_FIRST_REQUEST_GRACE`` ago, no request yet) instead answers its first request with
+    ``Connection: close``, or is closed once the grace has passed without one.
+    """
 
     class ClosingReporter(base):  # type: ignore[misc]
+        opened_at = 0.0
+        finish_after_request = False
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.opened_at = asyncio.get_running_loop().time()
+            super().connection_made(transport)
+
+        def shutdown(self) -> None:
+            waited = asyncio.get_running_loop().time() - self.opened_at
+            if self.cycle is None and waited < _FIRST_REQUEST_GRACE:
+                if not self.finish_after_request:
+                    self.finish_after_request = True
+                    asyncio.get_running_loop().call_later(
+                        _FIRST_REQUEST_GRACE - waited, self._stop_waiting
+                    )
+                return
+            super().shutdown()
+
+        def _stop_waiting(self) -> None:
+            if self.finish_after_request:
+                self.finish_after_request = False
+                super().shutdown()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.finish_after_request and self.cycle is not None:
+                # The request has begun and its response has not: it goes out with
+                # Connection: close, and the connection closes after it.
+                self.finish_after_request = False
+                super().shutdown()
+
         def connection_lost(self, exc: Exception | None) -> None:
             try:
                 super().connection_lost(exc)
