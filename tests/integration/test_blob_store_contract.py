@@ -9,6 +9,7 @@ idempotent, and all of it holds under concurrent use.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import random
@@ -204,6 +205,54 @@ def test_ranges_behave_like_pread(store: BlobStore) -> None:
     assert store.read_range(key, size - 3, 10) == data[-3:]
     assert store.read_range(key, size, 10) == b""
     assert store.read_range(key, size + 100, 10) == b""
+
+
+def test_reads_now_give_the_whole_range_or_nothing(store: BlobStore) -> None:
+    """What the event loop reads itself (no waiting): exactly the range, or ``None``."""
+    data = os.urandom(10_000)
+    key = commit(store, data)
+    size = len(data)
+    for offset, length in [(0, 1), (1, 9), (4321, 1000), (size - 1, 1), (0, size)]:
+        found = store.read_range_now(key, offset, length)
+        assert found is None or found == data[offset : offset + length]
+        assert found is None or store.reads_now
+    # Never short: a range that runs past the end is left to read_range.
+    for offset, length in [(size - 3, 10), (size, 10), (size + 100, 10)]:
+        assert store.read_range_now(key, offset, length) is None
+    missing = new_blob_key(hashlib.sha256(b"never stored").hexdigest())
+    with contextlib.suppress(KeyError):  # either answer says "not here"
+        assert store.read_range_now(missing, 0, 10) is None
+
+
+def _evict(path: Path, offset: int = 0, length: int = 0) -> None:
+    """Drop a flushed file's pages from the page cache, as memory pressure would."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def test_filesystem_reads_now_only_what_the_page_cache_holds(tmp_path: Path) -> None:
+    store = FilesystemBlobStore(tmp_path / "blobs")
+    data = os.urandom(3 * MiB)
+    key = commit(store, data)  # committed blobs are flushed, so their pages can be dropped
+    path = store.local_path(key)
+    assert path is not None
+    assert store.read_range(key, 0, 3 * MiB) == data
+    assert store.read_range_now(key, 0, MiB) == data[:MiB]
+
+    _evict(path)
+    assert store.read_range_now(key, 0, MiB) is None  # it would wait on the disk
+    assert store.read_range(key, 0, 3 * MiB) == data  # the waiting read brings it back
+    assert store.read_range_now(key, 5, MiB) == data[5 : MiB + 5]
+
+    # Only partly in memory: nothing, not the part that is.
+    _evict(path, 2 * MiB)
+    assert store.read_range_now(key, 2 * MiB - 8192, 16384) is None
+    assert store.read_range_now(key, 2 * MiB - 8192, 8192) == data[2 * MiB - 8192 : 2 * MiB]
+    with pytest.raises(KeyError):
+        store.read_range_now(new_blob_key(hashlib.sha256(b"gone").hexdigest()), 0, 10)
 
 
 def test_iter_range_chunks(store: BlobStore) -> None:

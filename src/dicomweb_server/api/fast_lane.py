@@ -25,6 +25,7 @@ same function the application's error handlers use.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ from dicomweb_server.index.qido_keys import QueryLevel
 from dicomweb_server.services import pixels, retrieve
 from dicomweb_server.services.archive import Archive
 from dicomweb_server.settings import Settings
+from dicomweb_server.storage import WouldWait
 
 #: Request headers that make an answer conditional or partial: the full routes handle them.
 _CONDITIONAL = frozenset({b"range", b"if-range", b"if-none-match", b"if-match"})
@@ -169,12 +171,16 @@ class FastLane:
         archive: Archive = scope["app"].state.archive
         try:
             if kind == "frames":
-                answer, refs = await anyio.to_thread.run_sync(
-                    _frame, archive, request, accept, study, series, instance, int(frame)
+                answer, refs = await _now_or_in_thread(
+                    archive,
+                    functools.partial(
+                        _frame, archive, request, accept, study, series, instance, int(frame)
+                    ),
                 )
             elif kind == "instance":
-                answer, refs = await anyio.to_thread.run_sync(
-                    _instance, archive, request, accept, study, series, instance
+                answer, refs = await _now_or_in_thread(
+                    archive,
+                    functools.partial(_instance, archive, request, accept, study, series, instance),
                 )
             elif kind.endswith("rendered"):
                 answer, refs = await anyio.to_thread.run_sync(
@@ -285,6 +291,26 @@ _LEVELS = {
 }
 
 
+_Found = tuple[Answer, list[InstanceRef]]
+
+
+async def _now_or_in_thread(archive: Archive, work: Callable[..., _Found]) -> _Found:
+    """Run `work` on the event loop when nothing in it waits, else in a worker thread.
+
+    With the index in this process and the bytes in the page cache, a frame or an instance
+    is a look-up and a copy: a fifth of a millisecond of CPU. Handing it to a thread and
+    back cost about as much again on a 2-core host (in-process, a frame request went from
+    0.94-1.03 to 0.77-0.80 ms of CPU). What would wait (a PostgreSQL round trip, a disk
+    read, object storage) still goes to a thread, so it never holds up the event loop.
+    """
+    if archive.index_in_process and archive.blobs.reads_now:
+        try:
+            return work(now=True)
+        except WouldWait:
+            pass
+    return await anyio.to_thread.run_sync(functools.partial(work, now=False))
+
+
 def _instance(
     archive: Archive,
     request: Request,
@@ -292,7 +318,9 @@ def _instance(
     study: str,
     series: str,
     instance: str,
-) -> tuple[Answer, list[InstanceRef]]:
+    *,
+    now: bool,
+) -> _Found:
     offer, _ = negotiate(accept, wado.INSTANCE_OFFERS)
     if offer is wado.ZIP_OFFER:
         raise _NotHere
@@ -302,7 +330,7 @@ def _instance(
     syntax = retrieve.delivered_syntax(ref, target)
     if syntax != ref.transfer_syntax_uid or not wado.fits_one_read(archive, ref):
         raise _NotHere
-    data = wado.read_stored(archive, ref)
+    data = wado.read_stored(archive, ref, now=now)
     if offer is wado.SINGLE_DICOM_OFFER:
         return wado.single_instance_response(ref, syntax, data), refs
     root = base_url(request, archive.settings)
@@ -317,8 +345,10 @@ def _frame(
     series: str,
     instance: str,
     number: int,
-) -> tuple[Answer, list[InstanceRef]]:
-    source = pixels.find_frame_source(archive, study, series, instance)
+    *,
+    now: bool,
+) -> _Found:
+    source = pixels.find_frame_source(archive, study, series, instance, now=now)
     pixels.check_frames(source, [number])
 
     def cannot_decide(stored: str, target: str) -> bool:
@@ -327,7 +357,7 @@ def _frame(
     choice = choose_frame_representation(accept, source.transfer_syntax, 1, cannot_decide)
     if not choice.stored:
         raise _NotHere
-    data = pixels.read_stored_frame(archive, source, number)
+    data = pixels.read_stored_frame(archive, source, number, now=now)
     if not choice.multipart:
         return frames_api.single_frame_response(choice, source, number, data), [source.instance]
     root = base_url(request, archive.settings)

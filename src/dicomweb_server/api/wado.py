@@ -30,6 +30,7 @@ from dicomweb_server.imaging.transcode import TranscodeError
 from dicomweb_server.index.lookup import InstanceRef
 from dicomweb_server.services import retrieve
 from dicomweb_server.services.archive import Archive
+from dicomweb_server.storage import WouldWait
 
 router = APIRouter()
 
@@ -188,8 +189,16 @@ def single_instance_response(ref: InstanceRef, syntax: str, data: bytes) -> Resp
     )
 
 
-def read_stored(archive: Archive, ref: InstanceRef) -> bytes:
-    """A stored instance's bytes in one read (blocking), checked against the index."""
+def read_stored(archive: Archive, ref: InstanceRef, *, now: bool = False) -> bytes:
+    """A stored instance's bytes in one read (blocking), checked against the index.
+
+    ``now``: only from memory (:meth:`BlobStore.read_range_now`), else :class:`WouldWait`.
+    """
+    if now:
+        found = archive.blobs.read_range_now(ref.blob_key, 0, ref.size)
+        if found is None:
+            raise WouldWait  # not in memory, or not of the recorded size: read and check
+        return found
     data = archive.blobs.read_range(ref.blob_key, 0, ref.size)
     if len(data) != ref.size:
         # Content-Length comes from the index: a blob of another length must not be sent.

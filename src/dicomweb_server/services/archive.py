@@ -75,6 +75,12 @@ class Archive:
         return self.engine.connect()
 
     @property
+    def index_in_process(self) -> bool:
+        """Whether index look-ups run in this process (SQLite, with its pages mostly in
+        memory) rather than wait on a server: only then does the event loop make them."""
+        return self.engine.dialect.name == "sqlite"
+
+    @property
     def worker_id(self) -> str:
         """This process's lease, which owns the intents it writes."""
         return self.lease.worker_id

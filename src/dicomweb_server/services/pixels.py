@@ -26,6 +26,7 @@ from dicomweb_server.errors import BadRequest, NotFound
 from dicomweb_server.index import lookup
 from dicomweb_server.index.lookup import InstanceRef
 from dicomweb_server.services.archive import Archive
+from dicomweb_server.storage import WouldWait
 
 _ATTRIBUTE_CACHE_SIZE = 512
 _BEYOND_ANY_FRAME = 10**18
@@ -66,12 +67,19 @@ def parse_frame_list(text: str, limit: int) -> list[int]:
     return numbers
 
 
-def find_frame_source(archive: Archive, study: str, series: str, instance: str) -> FrameSource:
-    """Locate an instance's Pixel Data from the index; 404 when there is none."""
+def find_frame_source(
+    archive: Archive, study: str, series: str, instance: str, *, now: bool = False
+) -> FrameSource:
+    """Locate an instance's Pixel Data from the index; 404 when there is none.
+
+    ``now``: raise :class:`WouldWait` rather than read the stored file to find it.
+    """
     with archive.reads() as session:
         found = lookup.find_bulk(session, study, series, instance)
     if found is None:
         raise NotFound(f"no instance {instance} of series {series} in study {study} is stored")
+    if now and not found.pixel_layout_json and found.deflated:
+        raise WouldWait
     source = frame_source(archive, found)
     if source is None:
         raise NotFound(f"instance {instance} has no Pixel Data, so it has no frames")
@@ -128,10 +136,25 @@ def stored_frame_ranges(source: FrameSource, number: int) -> tuple[tuple[int, in
     return layout.frame_ranges(number - 1)
 
 
-def read_stored_frame(archive: Archive, source: FrameSource, number: int) -> bytes:
+def read_stored_frame(
+    archive: Archive, source: FrameSource, number: int, *, now: bool = False
+) -> bytes:
     """Frame `number` (1-based) exactly as stored: the codestream of an encapsulated frame, the
-    native bytes (in the stored byte order) otherwise."""
+    native bytes (in the stored byte order) otherwise.
+
+    ``now``: only from memory (:meth:`BlobStore.read_range_now`), else :class:`WouldWait`.
+    """
     ranges = stored_frame_ranges(source, number)
+    if now:
+        if ranges is None:
+            raise WouldWait  # unpacked from the whole value or the dataset: a thread's work
+        pieces: list[bytes] = []
+        for offset, length in ranges:
+            piece = archive.blobs.read_range_now(source.instance.blob_key, offset, length)
+            if piece is None:
+                raise WouldWait
+            pieces.append(piece)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
     if ranges is not None:
         key = source.instance.blob_key
         if len(ranges) == 1:

@@ -5,6 +5,7 @@ from dicomweb_server.storage.base import (
     BlobStoreConfigurationError,
     StagedBlob,
     StagingWriter,
+    WouldWait,
     new_blob_key,
 )
 from dicomweb_server.storage.factory import open_blob_store
@@ -18,6 +19,7 @@ __all__ = [
     "MemoryBlobStore",
     "StagedBlob",
     "StagingWriter",
+    "WouldWait",
     "new_blob_key",
     "open_blob_store",
 ]

@@ -30,6 +30,10 @@ def _done() -> None:
     """Nothing to wait for."""
 
 
+class WouldWait(Exception):
+    """Answering now would wait on a disk or a network: do it in a worker thread instead."""
+
+
 class BlobStoreConfigurationError(Exception):
     """The configured blob store cannot be used (no bucket, no access, unreachable).
 
@@ -277,6 +281,21 @@ class BlobStore(ABC):
         self, key: str, offset: int = 0, length: int | None = None, chunk_size: int = 1 << 20
     ) -> Iterator[bytes]:
         """Yield the bytes of a range in chunks, so large blobs stream in bounded memory."""
+
+    #: Whether :meth:`read_range_now` can ever give bytes (not for object storage).
+    reads_now = False
+
+    def read_range_now(self, key: str, offset: int, length: int) -> bytes | None:
+        """The whole range if the store has it in memory now, else ``None`` (never waits,
+        never answers short: a range past the end is ``None``; a missing key ``KeyError`` or
+        ``None``).
+
+        Handing a read to a worker thread and back costs more CPU on a small host than
+        reading a cached frame, so the event loop reads itself what needs no waiting, and
+        leaves to a thread what would wait on a disk or a network. A store that always
+        would (object storage) keeps this default.
+        """
+        return None
 
     @abstractmethod
     def local_path(self, key: str) -> Path | None:

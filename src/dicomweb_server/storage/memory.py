@@ -11,6 +11,8 @@ from dicomweb_server.storage.base import BlobStore, StagedBlob
 class MemoryBlobStore(BlobStore):
     """Keeps blobs in a dict; staging still uses local files, as every store does."""
 
+    reads_now = True
+
     def __init__(self, staging_dir: Path) -> None:
         super().__init__(staging_dir)
         self.blobs: dict[str, bytes] = {}
@@ -30,6 +32,10 @@ class MemoryBlobStore(BlobStore):
 
     def read_range(self, key: str, offset: int, length: int) -> bytes:
         return self.blobs[key][offset : offset + length]
+
+    def read_range_now(self, key: str, offset: int, length: int) -> bytes | None:
+        data = self.read_range(key, offset, length)  # always in memory
+        return data if len(data) == length else None
 
     def iter_range(
         self, key: str, offset: int = 0, length: int | None = None, chunk_size: int = 1 << 20

@@ -8,11 +8,13 @@ requests the lane kept for itself.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio.to_thread
 import pytest
 from fastapi.testclient import TestClient
 from pydicom.uid import generate_uid
@@ -157,6 +159,48 @@ def test_stored_instances_and_frames_stay_in_the_lane(archives: dict[str, Any]) 
     assert not _answered_by_lane(archives, instance + "/rendered?window=40,400,LINEAR", "*/*")
     assert not _answered_by_lane(archives, instance + "/frames/1,2/rendered", "*/*")
     assert not _answered_by_lane(archives, f"{ROOT}/studies?PatientID=FAST-1&fuzzy=x", None)
+
+
+def _evict_blobs(client: TestClient) -> None:
+    """Drop every stored blob's pages from the page cache, as memory pressure would."""
+    root: Path = client.app.state.archive.blobs.root  # type: ignore[attr-defined]
+    for path in root.rglob("*"):
+        if path.is_file() and ".staging" not in path.parts:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def test_bytes_in_memory_are_answered_on_the_event_loop_others_in_a_thread(
+    archives: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    study, series, sop = _paths(archives["parts"][2])
+    instance = f"{ROOT}/studies/{study}/series/{series}/instances/{sop}"
+    requests = [(instance + "/frames/2", FRAMES_AS_STORED), (instance, ANY_DICOM)]
+    expected = [_normalised(archives["full"].get(p, headers={"Accept": a})) for p, a in requests]
+    fast: TestClient = archives["fast"]
+    counter: _RouterCount = archives["counter"]
+    routed = len(counter.paths)
+
+    handed: list[object] = []
+    real = anyio.to_thread.run_sync
+
+    async def counted(func: Any, *args: Any, **kwargs: Any) -> Any:
+        handed.append(func)
+        return await real(func, *args, **kwargs)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counted)
+    for (path, accept), answer in zip(requests, expected, strict=True):
+        fast.get(path, headers={"Accept": accept})  # read once: now in the page cache
+        handed.clear()
+        assert _normalised(fast.get(path, headers={"Accept": accept})) == answer
+        assert handed == []
+        _evict_blobs(fast)  # a read would wait on the disk: a worker thread reads it
+        assert _normalised(fast.get(path, headers={"Accept": accept})) == answer
+        assert len(handed) == 1
+    assert len(counter.paths) == routed  # all answered by the lane
 
 
 @pytest.mark.parametrize(
