@@ -298,10 +298,10 @@ async def _now_or_in_thread(archive: Archive, work: Callable[..., _Found]) -> _F
     """Run `work` on the event loop when nothing in it waits, else in a worker thread.
 
     With the index in this process and the bytes in the page cache, a frame or an instance
-    is a look-up and a copy: a fifth of a millisecond of CPU. Handing it to a thread and
-    back cost about as much again on a 2-core host (in-process, a frame request went from
-    0.94-1.03 to 0.77-0.80 ms of CPU). What would wait (a PostgreSQL round trip, a disk
-    read, object storage) still goes to a thread, so it never holds up the event loop.
+    is a look-up and a copy, and handing that to a thread and back cost about as much CPU
+    as doing it on a 2-core host (in-process, an RLE frame request went from 0.98-1.02 to
+    0.82 ms of CPU). What would wait (a PostgreSQL round trip, a disk read, object storage)
+    still goes to a thread, so it never holds up the event loop.
     """
     if archive.index_in_process and archive.blobs.reads_now:
         try:

@@ -32,10 +32,10 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-#: The largest read tried without waiting: the event loop copies it twice (page cache to a
-#: buffer, buffer to the answer), which for more than a few megabytes is better done by a
-#: thread anyway.
-_NOWAIT_MAX_BYTES = 8 << 20
+#: The largest read tried without waiting: frames and instances of most modalities (a
+#: 512x512 16-bit frame is 0.5 MB). The event loop copies it twice (page cache to a buffer,
+#: buffer to the answer) and keeps a buffer this large, so larger reads go to a thread.
+_NOWAIT_MAX_BYTES = 2 << 20
 
 
 #: Whether this kernel and file system read with ``RWF_NOWAIT`` (learnt on first refusal).
