@@ -324,7 +324,7 @@ def _instance(
     offer, _ = negotiate(accept, wado.INSTANCE_OFFERS)
     if offer is wado.ZIP_OFFER:
         raise _NotHere
-    refs = retrieve.find_instances(archive, study, series, instance)
+    refs = retrieve.find_instances(archive, study, series, instance, now=now)
     ref = refs[0]
     target = retrieve.choose_transfer_syntax(wado.requested_syntaxes(accept, offer), refs)
     syntax = retrieve.delivered_syntax(ref, target)

@@ -9,7 +9,7 @@ from sqlalchemy import Connection, Engine, event
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicomweb_server.index.database import index_engine, session_factory
+from dicomweb_server.index.database import create_index_engine, index_engine, session_factory
 from dicomweb_server.index.statistics import PlannerStatistics
 from dicomweb_server.index.writer_lock import WriterLockTimeout
 from dicomweb_server.services.leases import WorkerLease
@@ -65,20 +65,29 @@ class Archive:
     lease: WorkerLease
     #: Keeps PostgreSQL's planner statistics fresh where autovacuum is off (else None).
     statistics: PlannerStatistics | None = None
+    #: SQLite only: the event loop's own connection for the look-ups it makes itself.
+    loop_engine: Engine | None = None
 
-    def reads(self) -> Connection:
+    def reads(self, *, now: bool = False) -> Connection:
         """A connection for read-only look-ups (use it as a context manager).
 
         Retrieval and search run a few prebuilt statements per request; on a plain
         connection that costs well under half the CPU of an ORM session.
+
+        ``now``: for the event loop's own look-ups (see :attr:`index_in_process`). They use a
+        connection of their own, which no thread holds and which never waits on a lock
+        (SQLite's busy time-out is 0): the event loop must not wait for worker threads to
+        give a pooled connection back, nor for a writer.
         """
+        if now and self.loop_engine is not None:
+            return self.loop_engine.connect()
         return self.engine.connect()
 
     @property
     def index_in_process(self) -> bool:
         """Whether index look-ups run in this process (SQLite, with its pages mostly in
         memory) rather than wait on a server: only then does the event loop make them."""
-        return self.engine.dialect.name == "sqlite"
+        return self.loop_engine is not None
 
     @property
     def worker_id(self) -> str:
@@ -88,9 +97,11 @@ class Archive:
     @classmethod
     def open(cls, settings: Settings) -> Archive:
         engine = index_engine(settings)
+        loop_engine: Engine | None = None
         if engine.dialect.name == "sqlite":
             write_engine = index_engine(settings, writer_lock=True)
             _begin_immediate(write_engine)
+            loop_engine = create_index_engine(settings.resolved_database_url, busy_timeout_ms=0)
         else:
             write_engine = engine
         blobs = open_blob_store(settings)
@@ -108,6 +119,7 @@ class Archive:
             blobs=blobs,
             lease=lease,
             statistics=PlannerStatistics.for_engine(write_engine),
+            loop_engine=loop_engine,
         )
 
     def close(self) -> None:
@@ -116,5 +128,7 @@ class Archive:
         self.lease.stop()
         self.blobs.release_staging()
         self.engine.dispose()
+        if self.loop_engine is not None:
+            self.loop_engine.dispose()
         if self.write_engine is not self.engine:
             self.write_engine.dispose()

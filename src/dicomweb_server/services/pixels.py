@@ -74,7 +74,7 @@ def find_frame_source(
 
     ``now``: raise :class:`WouldWait` rather than read the stored file to find it.
     """
-    with archive.reads() as session:
+    with archive.reads(now=now) as session:
         found = lookup.find_bulk(session, study, series, instance)
     if found is None:
         raise NotFound(f"no instance {instance} of series {series} in study {study} is stored")

@@ -42,9 +42,18 @@ def describe_target(study: str, series: str | None, instance: str | None) -> str
 
 
 def find_instances(
-    archive: Archive, study: str, series: str | None = None, instance: str | None = None
+    archive: Archive,
+    study: str,
+    series: str | None = None,
+    instance: str | None = None,
+    *,
+    now: bool = False,
 ) -> list[InstanceRef]:
-    with archive.reads() as session:
+    """The stored instances of a study, series or instance; 404 when there are none.
+
+    ``now``: a look-up the event loop makes itself (:meth:`Archive.reads`).
+    """
+    with archive.reads(now=now) as session:
         refs = lookup.find_instances(session, study, series, instance)
     if not refs:
         raise NotFound(f"no {describe_target(study, series, instance)} is stored")

@@ -18,6 +18,7 @@ import anyio.to_thread
 import pytest
 from fastapi.testclient import TestClient
 from pydicom.uid import generate_uid
+from sqlalchemy import event
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dicomweb_server.api.fast_lane import FastLane
@@ -201,6 +202,35 @@ def test_bytes_in_memory_are_answered_on_the_event_loop_others_in_a_thread(
         assert _normalised(fast.get(path, headers={"Accept": accept})) == answer
         assert len(handed) == 1
     assert len(counter.paths) == routed  # all answered by the lane
+
+
+def test_the_event_loop_looks_up_on_its_own_connection(archives: dict[str, Any]) -> None:
+    """Never one of the pool that worker threads use: it must not wait for them to give one
+    back (a pool exhausted by slow searches would hold up every request of the worker)."""
+    archive = archives["fast"].app.state.archive
+    counts = {"pool": 0, "loop": 0}
+
+    def counter(name: str) -> Any:
+        def count(*_args: Any) -> None:
+            counts[name] += 1
+
+        return count
+
+    study, series, sop = _paths(archives["parts"][2])
+    instance = f"{ROOT}/studies/{study}/series/{series}/instances/{sop}"
+    requests = [(instance + "/frames/2", "*/*"), (instance, ANY_DICOM)]
+    for path, accept in requests:  # the bytes in the page cache, whatever ran before
+        assert archives["fast"].get(path, headers={"Accept": accept}).is_success
+    listeners = [(archive.engine, counter("pool")), (archive.loop_engine, counter("loop"))]
+    for engine, listener in listeners:
+        event.listen(engine, "checkout", listener)
+    try:
+        for path, accept in requests:
+            assert archives["fast"].get(path, headers={"Accept": accept}).is_success
+    finally:
+        for engine, listener in listeners:
+            event.remove(engine, "checkout", listener)
+    assert counts == {"pool": 0, "loop": 2}
 
 
 @pytest.mark.parametrize(
