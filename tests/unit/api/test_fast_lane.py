@@ -21,8 +21,10 @@ from pydicom.uid import generate_uid
 from sqlalchemy import event
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from dicomweb_server.api import qido
 from dicomweb_server.api.fast_lane import FastLane
 from dicomweb_server.app import create_app
+from dicomweb_server.index import budget
 from dicomweb_server.index.database import upgrade_schema
 from dicomweb_server.settings import Settings
 from tests.dicom_files import (
@@ -174,8 +176,22 @@ def _evict_blobs(client: TestClient) -> None:
                 os.close(fd)
 
 
+@pytest.fixture
+def handed(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """What the application hands to worker threads (anyio's), in order."""
+    found: list[object] = []
+    real = anyio.to_thread.run_sync
+
+    async def counted(func: Any, *args: Any, **kwargs: Any) -> Any:
+        found.append(func)
+        return await real(func, *args, **kwargs)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counted)
+    return found
+
+
 def test_bytes_in_memory_are_answered_on_the_event_loop_others_in_a_thread(
-    archives: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    archives: dict[str, Any], handed: list[object]
 ) -> None:
     study, series, sop = _paths(archives["parts"][2])
     instance = f"{ROOT}/studies/{study}/series/{series}/instances/{sop}"
@@ -185,14 +201,6 @@ def test_bytes_in_memory_are_answered_on_the_event_loop_others_in_a_thread(
     counter: _RouterCount = archives["counter"]
     routed = len(counter.paths)
 
-    handed: list[object] = []
-    real = anyio.to_thread.run_sync
-
-    async def counted(func: Any, *args: Any, **kwargs: Any) -> Any:
-        handed.append(func)
-        return await real(func, *args, **kwargs)
-
-    monkeypatch.setattr(anyio.to_thread, "run_sync", counted)
     for (path, accept), answer in zip(requests, expected, strict=True):
         fast.get(path, headers={"Accept": accept})  # read once: now in the page cache
         handed.clear()
@@ -202,6 +210,25 @@ def test_bytes_in_memory_are_answered_on_the_event_loop_others_in_a_thread(
         assert _normalised(fast.get(path, headers={"Accept": accept})) == answer
         assert len(handed) == 1
     assert len(counter.paths) == routed  # all answered by the lane
+
+
+def test_searches_run_on_the_event_loop_within_their_budget_else_in_a_thread(
+    archives: dict[str, Any], handed: list[object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    study, _, _ = _paths(archives["parts"][2])
+    path = f"{ROOT}/studies?StudyInstanceUID={study}&includefield=all"
+    expected = _normalised(archives["full"].get(path))
+    assert expected[0] == 200
+    fast: TestClient = archives["fast"]
+    handed.clear()  # what the archive without the lane handed to threads
+    assert _normalised(fast.get(path)) == expected
+    assert handed == []
+    # A search that overruns its budget in the index is stopped and run again in a thread
+    # (this one is small: no budget, and the clock looked at from the first step).
+    monkeypatch.setattr(qido, "LOOP_SEARCH_SECONDS", -1.0)
+    monkeypatch.setattr(budget, "_STEPS", 1)
+    assert _normalised(fast.get(path)) == expected
+    assert len(handed) == 1
 
 
 def test_the_event_loop_looks_up_on_its_own_connection(archives: dict[str, Any]) -> None:

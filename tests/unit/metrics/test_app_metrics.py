@@ -96,7 +96,7 @@ def test_every_request_is_counted_once_and_timed(client: TestClient) -> None:
 def test_an_index_error_is_counted_where_it_is_answered(client: TestClient) -> None:
     archive = client.app.state.archive  # type: ignore[attr-defined]
 
-    def broken() -> None:
+    def broken(*_args: object, **_kwargs: object) -> None:
         raise OperationalError("SELECT 1", {}, Exception("connection refused"))
 
     archive.reads = broken  # type: ignore[method-assign]  # searches read through it
