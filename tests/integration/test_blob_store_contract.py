@@ -33,6 +33,7 @@ from dicomweb_server.storage import (
 )
 from dicomweb_server.storage.s3 import BlobStoreConfigurationError, S3BlobStore, S3Options
 from tests.conftest import S3_TEST_BUCKET
+from tests.page_cache import evict
 from tests.seaweedfs import SeaweedFS
 
 MiB = 1024**2
@@ -224,15 +225,6 @@ def test_reads_now_give_the_whole_range_or_nothing(store: BlobStore) -> None:
         assert store.read_range_now(missing, 0, 10) is None
 
 
-def _evict(path: Path, offset: int = 0, length: int = 0) -> None:
-    """Drop a flushed file's pages from the page cache, as memory pressure would."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
 def test_filesystem_reads_now_only_what_the_page_cache_holds(tmp_path: Path) -> None:
     store = FilesystemBlobStore(tmp_path / "blobs")
     data = os.urandom(3 * MiB)
@@ -242,13 +234,13 @@ def test_filesystem_reads_now_only_what_the_page_cache_holds(tmp_path: Path) -> 
     assert store.read_range(key, 0, 3 * MiB) == data
     assert store.read_range_now(key, 0, MiB) == data[:MiB]
 
-    _evict(path)
+    evict(path)
     assert store.read_range_now(key, 0, MiB) is None  # it would wait on the disk
     assert store.read_range(key, 0, 3 * MiB) == data  # the waiting read brings it back
     assert store.read_range_now(key, 5, MiB) == data[5 : MiB + 5]
 
     # Only partly in memory: nothing, not the part that is.
-    _evict(path, 2 * MiB)
+    evict(path, 2 * MiB)
     assert store.read_range_now(key, 2 * MiB - 8192, 16384) is None
     assert store.read_range_now(key, 2 * MiB - 8192, 8192) == data[2 * MiB - 8192 : 2 * MiB]
     with pytest.raises(KeyError):

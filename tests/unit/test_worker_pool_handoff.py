@@ -12,8 +12,6 @@ import asyncio
 import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -24,6 +22,7 @@ import pytest
 import uvicorn
 
 from dicomweb_server.worker_pool import CONNECTION, READY, HandOffServer
+from tests.worker_pools import start_pool
 
 #: Answers with its pid; ``/block`` holds the worker's event loop until a file named
 #: "release" appears beside the app, as a long synchronous step would.
@@ -49,12 +48,6 @@ async def app(scope, receive, send):
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _pid(url: str, timeout: float = 10) -> str:
     return httpx.get(url, headers={"Connection": "close"}, timeout=timeout).text
 
@@ -69,21 +62,7 @@ def _read_response(sock: socket.socket) -> bytes:
 
 
 def test_a_connection_handed_to_a_retired_busy_worker_is_answered(tmp_path: Path) -> None:
-    (tmp_path / "blocking_app.py").write_text(BLOCKING_APP)
-    port = _free_port()
-    program = (
-        "import sys, uvicorn; from dicomweb_server.worker_pool import WorkerPool; "
-        f"sys.exit(WorkerPool(uvicorn.Config('blocking_app:app', host='127.0.0.1', "
-        f"port={port}, lifespan='on', log_level='error'), 1).run())"
-    )
-    log = (tmp_path / "pool.log").open("wb")
-    pool = subprocess.Popen(
-        [sys.executable, "-c", program],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(tmp_path)},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    pool, port = start_pool(tmp_path, "blocking_app", BLOCKING_APP, 1)
     url = f"http://127.0.0.1:{port}/"
     late: socket.socket | None = None
     try:
@@ -136,7 +115,6 @@ def test_a_connection_handed_to_a_retired_busy_worker_is_answered(tmp_path: Path
             late.close()
         pool.kill()
         pool.wait()
-        log.close()
 
 
 async def _pid_app(scope: dict[str, Any], receive: Any, send: Any) -> None:

@@ -3,10 +3,7 @@ forever, and a SIGHUP whose replacements cannot start leaves the old workers ser
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -16,6 +13,8 @@ import pytest
 import uvicorn
 
 from dicomweb_server.worker_pool import WorkerPool
+from tests.e2e.server import free_port
+from tests.worker_pools import start_pool
 
 FAILING_APP = """
 async def app(scope, receive, send):
@@ -48,12 +47,6 @@ async def app(scope, receive, send):
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.mark.parametrize("target", ["broken_lifespan_app:app", "no_such_module_here:app"])
 def test_workers_that_fail_to_start_stop_the_pool(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: str
@@ -62,7 +55,7 @@ def test_workers_that_fail_to_start_stop_the_pool(
     # Spawned workers inherit the parent's import path.
     monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path])
     config = uvicorn.Config(
-        target, host="127.0.0.1", port=_free_port(), workers=2, lifespan="on", log_level="error"
+        target, host="127.0.0.1", port=free_port(), workers=2, lifespan="on", log_level="error"
     )
     started = time.monotonic()
     status = WorkerPool(config, 2).run()
@@ -78,21 +71,7 @@ def _pids(url: str, tries: int = 20) -> set[str]:
 def test_sighup_with_replacements_that_cannot_start_keeps_the_old_workers(
     tmp_path: Path,
 ) -> None:
-    (tmp_path / "breakable_app.py").write_text(BREAKABLE_APP)
-    port = _free_port()
-    program = (
-        "import sys, uvicorn; from dicomweb_server.worker_pool import WorkerPool; "
-        f"sys.exit(WorkerPool(uvicorn.Config('breakable_app:app', host='127.0.0.1', "
-        f"port={port}, lifespan='on', log_level='error'), 2).run())"
-    )
-    log = (tmp_path / "pool.log").open("wb")
-    pool = subprocess.Popen(
-        [sys.executable, "-c", program],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(tmp_path)},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    pool, port = start_pool(tmp_path, "breakable_app", BREAKABLE_APP, 2)
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + 60

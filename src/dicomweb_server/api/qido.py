@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import anyio
@@ -88,10 +89,8 @@ async def search_response(
         # A search on SQLite waits on nothing, and handing it to a thread cost about a sixth
         # of its CPU. One that runs longer in the index than the budget is stopped there
         # and run again in a thread, so an expensive search never holds up the event loop.
-        try:
+        with contextlib.suppress(BudgetExceeded):
             result_body = run(now=True)
-        except BudgetExceeded:
-            result_body = None
     if result_body is None:
         result_body = await anyio.to_thread.run_sync(run)
     result, body = result_body

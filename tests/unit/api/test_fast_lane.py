@@ -8,7 +8,6 @@ requests the lane kept for itself.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +33,7 @@ from tests.dicom_files import (
     multipart,
     stow_content_type,
 )
+from tests.page_cache import evict_blobs
 
 ROOT = "/dicom-web"
 ANY_DICOM = 'multipart/related; type="application/dicom"; transfer-syntax=*'
@@ -164,18 +164,6 @@ def test_stored_instances_and_frames_stay_in_the_lane(archives: dict[str, Any]) 
     assert not _answered_by_lane(archives, f"{ROOT}/studies?PatientID=FAST-1&fuzzy=x", None)
 
 
-def _evict_blobs(client: TestClient) -> None:
-    """Drop every stored blob's pages from the page cache, as memory pressure would."""
-    root: Path = client.app.state.archive.blobs.root  # type: ignore[attr-defined]
-    for path in root.rglob("*"):
-        if path.is_file() and ".staging" not in path.parts:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
-
-
 @pytest.fixture
 def handed(monkeypatch: pytest.MonkeyPatch) -> list[object]:
     """What the application hands to worker threads (anyio's), in order."""
@@ -206,7 +194,7 @@ def test_bytes_in_memory_are_answered_on_the_event_loop_others_in_a_thread(
         handed.clear()
         assert _normalised(fast.get(path, headers={"Accept": accept})) == answer
         assert handed == []
-        _evict_blobs(fast)  # a read would wait on the disk: a worker thread reads it
+        evict_blobs(fast)  # a read would wait on the disk: a worker thread reads it
         assert _normalised(fast.get(path, headers={"Accept": accept})) == answer
         assert len(handed) == 1
     assert len(counter.paths) == routed  # all answered by the lane

@@ -4,7 +4,6 @@ disk: the same answer either way."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from tests.dicom_files import (
     split_multipart,
     stow_content_type,
 )
+from tests.page_cache import evict_blobs
 
 ROOT = "/dicom-web"
 ANY_DICOM = 'multipart/related; type="application/dicom"; transfer-syntax=*'
@@ -46,18 +46,6 @@ def series(tmp_path: Path) -> Iterator[tuple[TestClient, str, list[bytes]]]:
         )
         assert response.status_code == 200, response.text
         yield client, f"{ROOT}/studies/{study}/series/{series_uid}", parts
-
-
-def _evict_blobs(client: TestClient) -> None:
-    """Drop every stored blob's pages from the page cache, as memory pressure would."""
-    root: Path = client.app.state.archive.blobs.root  # type: ignore[attr-defined]
-    for path in root.rglob("*"):
-        if path.is_file() and ".staging" not in path.parts:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
 
 
 def _instances(response: Any) -> list[bytes]:
@@ -84,7 +72,7 @@ def test_instances_in_memory_stream_without_a_thread_others_through_one(
     assert _instances(client.get(path, headers={"Accept": ANY_DICOM})) == sorted(parts)
     assert threaded == []
 
-    _evict_blobs(client)
+    evict_blobs(client)
     assert _instances(client.get(path, headers={"Accept": ANY_DICOM})) == sorted(parts)
     assert len(threaded) == len(parts)  # each instance read by a worker thread
 
