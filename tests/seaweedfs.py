@@ -14,7 +14,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,8 @@ from typing import Any
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
+
+from tests import ports
 
 #: Names the weed binary to use instead of the one installed beside Python or on PATH.
 WEED_ENV = "DICOMWEB_TEST_WEED"
@@ -67,65 +68,6 @@ def weed_binary() -> str | None:
 def weed_version(binary: str) -> str:
     result = subprocess.run([binary, "version"], capture_output=True, text=True, timeout=30)
     return result.stdout.strip().splitlines()[0] if result.stdout.strip() else "unknown"
-
-
-#: Ports handed to a weed process of this test process and not yet given back.
-_ports_in_use: set[int] = set()
-
-
-def _ephemeral_range() -> tuple[int, int]:
-    try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999
-
-
-def _port_slice() -> range:
-    """The ports this test process may give weed: below the kernel's ephemeral range, and
-    a share of them of its own under pytest-xdist.
-
-    A port chosen by binding port 0 comes from the ephemeral range, where any outgoing
-    connection on the machine may take it as its source port while weed is down; a test
-    that stops and restarts weed on the same ports then fails with "address already in use".
-    No outgoing connection or port-0 bind takes a port below that range, and the share
-    keeps two xdist workers from choosing the same port at the same time."""
-    low = 15000
-    high = min(_ephemeral_range()[0], 65536)
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
-    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
-    index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
-    if high - low < 64 * count:  # an odd kernel set-up: fall back to the whole range
-        return range(1024, 65536)
-    share = (high - low) // count
-    return range(low + index * share, low + (index + 1) * share)
-
-
-def _free_ports(count: int) -> list[int]:
-    """Distinct free loopback ports from this process's share (all held open while
-    choosing, so none repeats), never one another weed of this process holds."""
-    candidates = [port for port in _port_slice() if port not in _ports_in_use]
-    secrets.SystemRandom().shuffle(candidates)
-    sockets: list[socket.socket] = []
-    try:
-        for port in candidates:
-            sock = socket.socket()
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                sock.close()
-                continue
-            sockets.append(sock)
-            if len(sockets) == count:
-                break
-        else:
-            raise SeaweedFSError(f"fewer than {count} free ports in {_port_slice()}")
-        ports = [int(sock.getsockname()[1]) for sock in sockets]
-        _ports_in_use.update(ports)
-        return ports
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 class SeaweedFS:
@@ -205,8 +147,8 @@ class SeaweedFS:
         attempts = 1 if self.ports else 3
         for attempt in range(attempts):
             if not self.ports or attempt:
-                _ports_in_use.difference_update(self.ports.values())
-                self.ports = dict(zip(_PORT_NAMES, _free_ports(len(_PORT_NAMES)), strict=True))
+                ports.give_back(self.ports.values())
+                self.ports = dict(zip(_PORT_NAMES, ports.free_ports(len(_PORT_NAMES)), strict=True))
             try:
                 self._start_once(timeout)
                 return
@@ -327,5 +269,5 @@ class SeaweedFS:
     def close(self) -> None:
         """Stop for good and remove the private temporary folder."""
         self.stop()
-        _ports_in_use.difference_update(self.ports.values())
+        ports.give_back(self.ports.values())
         shutil.rmtree(self._tmp, ignore_errors=True)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import random
 import socket
 import ssl
 import threading
 import time
 
 import trustme
+
+from tests.ports import free_port
+
+__all__ = ["Collector", "free_port"]
 
 
 class Collector:
@@ -112,31 +115,3 @@ class Collector:
                 connection.shutdown(socket.SHUT_RDWR)
             with contextlib.suppress(OSError):
                 connection.close()
-
-
-def _ephemeral_range() -> tuple[int, int]:
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as handle:
-            low, high = (int(part) for part in handle.read().split())
-            return low, high
-    except (OSError, ValueError):
-        return 32768, 60999  # Linux's default
-
-
-def free_port() -> int:
-    """A free port outside the kernel's range of ephemeral ports.
-
-    Tests stop a collector and start another on the same port: a port from ``bind(0)`` is an
-    ephemeral one, which any other process's outgoing connection may be given in between
-    (seen when the suite ran beside a benchmark: "Address already in use").
-    """
-    low, high = _ephemeral_range()
-    candidates = [*range(20000, min(low, 30000)), *range(high + 1, 65536)]
-    for port in random.sample(candidates, min(len(candidates), 500)):
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port outside the ephemeral range")
