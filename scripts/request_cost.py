@@ -17,7 +17,9 @@ It needs a data folder holding the benchmark's QIDO index and multi-frame object
     python scripts/request_cost.py --data-dir W/archive --instructions --what frames
 
 Its audit records go to a temporary folder; the application's start-up housekeeping runs
-on the folder as it does for ``serve``. ``--what stow`` needs no data folder: it stores the
+on the folder as it does for ``serve``. With $DICOMWEB_DATABASE_URL set, the index is that
+PostgreSQL database (build one with ``scripts/bench ... --archive-env
+DICOMWEB_DATABASE_URL=postgresql://...``). ``--what stow`` needs no data folder: it stores the
 benchmark's 512x512 CT slices, one per STOW-RS request, into a fresh archive in a temporary
 folder (one series, as a benchmark level does), so what it counts is the archive's own work
 on an instance: receiving, staging, hashing, parsing, indexing, auditing and answering.
@@ -85,13 +87,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def index_url(data_dir: Path) -> Any:
+    """The index the archive under test uses: $DICOMWEB_DATABASE_URL when it names PostgreSQL
+    (an index the benchmark built with ``--archive-env DICOMWEB_DATABASE_URL=...``), else the
+    folder's SQLite file, as ``serve`` decides."""
+    from dicomweb_server.index.database import is_postgresql_url, postgresql_url
+
+    url = os.environ.get("DICOMWEB_DATABASE_URL", "")
+    if url and is_postgresql_url(url):
+        return postgresql_url(url)
+    return f"sqlite:///{data_dir / 'index.sqlite'}"
+
+
 def frame_targets(data_dir: Path, kind: str, count: int) -> list[Target]:
     """Random frames of the largest stored multi-frame object of `kind`."""
     from sqlalchemy import create_engine, select
 
     from dicomweb_server.index.models import Instance, Series, Study
 
-    engine = create_engine(f"sqlite:///{data_dir / 'index.sqlite'}")
+    engine = create_engine(index_url(data_dir))
     with engine.connect() as connection:
         row = connection.execute(
             select(
@@ -320,7 +334,10 @@ def main(argv: list[str] | None = None) -> None:
         if args.data_dir is None:
             raise SystemExit("frames and qido need --data-dir: see --help")
         args.data_dir = args.data_dir.resolve()
-        if not (args.data_dir / "index.sqlite").is_file():
+        if (
+            str(index_url(args.data_dir)).startswith("sqlite")
+            and not (args.data_dir / "index.sqlite").is_file()
+        ):
             raise SystemExit(f"{args.data_dir} holds no index.sqlite: see --help")
     if args.instructions and shutil.which("valgrind") is None:
         raise SystemExit("--instructions needs valgrind (Debian package valgrind)")

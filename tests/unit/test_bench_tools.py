@@ -145,6 +145,23 @@ def test_request_cost_refuses_a_folder_without_the_benchmark_data(tmp_path: Path
         request_cost.main(["--data-dir", str(tmp_path), "--what", "frames,nope"])
 
 
+def test_request_cost_reads_the_index_the_server_would_use(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PostgreSQL index named by $DICOMWEB_DATABASE_URL, else the folder's SQLite file."""
+    import request_cost
+
+    if database_url.startswith("sqlite"):
+        monkeypatch.delenv("DICOMWEB_DATABASE_URL", raising=False)
+        assert request_cost.index_url(tmp_path) == database_url
+    else:
+        monkeypatch.setenv("DICOMWEB_DATABASE_URL", database_url)
+        assert str(request_cost.index_url(tmp_path)).startswith("postgresql+psycopg://")
+    # Both read the (empty) index: no multi-frame object in it, said plainly.
+    with pytest.raises(SystemExit, match="no multi-frame rle object"):
+        request_cost.frame_targets(tmp_path, "rle", 10)
+
+
 def test_request_cost_stores_a_new_instance_with_every_stow_request(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
