@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import URL, Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicomweb_server.index.writer_lock import connection_class
@@ -83,10 +85,11 @@ def create_index_engine(
 
     PostgreSQL connections come from a QueuePool of `pool_size` connections kept open plus
     up to `max_overflow` opened under load; a checkout waits `pool_timeout_s` seconds for
-    one, and is pinged first so that a connection the server or a firewall dropped is
-    replaced instead of failing a request. The pool options do not apply to SQLite, whose
-    connections are local file handles. `writer_lock` (SQLite files only) makes write
-    transactions queue on a file lock before they take SQLite's (:mod:`.writer_lock`).
+    one, and one that sat idle is pinged first so that a connection the server or a
+    firewall dropped is replaced instead of failing a request (:func:`_ping_after_idle`).
+    The pool options do not apply to SQLite, whose connections are local file handles.
+    `writer_lock` (SQLite files only) makes write transactions queue on a file lock before
+    they take SQLite's (:mod:`.writer_lock`).
     """
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
@@ -117,13 +120,45 @@ def create_index_engine(
         target = postgresql_url(
             url, statement_timeout_ms=statement_timeout_ms, application_name=application_name
         )
-    return create_engine(
+    engine = create_engine(
         target,
         pool_size=pool_size,
         max_overflow=max_overflow,
         pool_timeout=pool_timeout_s,
-        pool_pre_ping=True,
     )
+    _ping_after_idle(engine, PING_AFTER_IDLE_SECONDS)
+    return engine
+
+
+#: A pooled connection unused for longer than this is pinged before it is handed out.
+PING_AFTER_IDLE_SECONDS = 2.0
+
+
+def _ping_after_idle(engine: Engine, idle_seconds: float) -> None:
+    """Ping a pooled connection before use only when it sat idle, and replace it if dead.
+
+    SQLAlchemy's ``pool_pre_ping`` pings at every checkout: a round trip to the server
+    before each request's first statement. What it guards against, a connection a firewall
+    or the server dropped while nobody used it, needs a connection that sat in the pool;
+    one given back moments ago was working then. A connection that fails its ping is
+    discarded and the pool connects anew (up to three times), as with ``pool_pre_ping``.
+    When the server restarts under load, the requests holding a connection fail with 503
+    either way; the first such failure makes the pool drop all its connections.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _given_back(_dbapi_connection: Any, record: Any) -> None:
+        record.info["given_back"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _taken(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        given_back = record.info.get("given_back")
+        if given_back is None or time.monotonic() - given_back < idle_seconds:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error as exc:
+            raise DisconnectionError(f"a pooled connection was lost: {exc}") from exc
 
 
 def index_engine(settings: Settings, *, writer_lock: bool = False) -> Engine:
