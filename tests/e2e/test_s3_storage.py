@@ -363,6 +363,7 @@ def test_object_store_outage_is_a_clean_503_and_heals(tmp_path: Path) -> None:
             response = store(http, during)
             assert response.status_code == 503, response.text
             assert "retry later" in response.text
+            assert response.headers["retry-after"] == "5"
             assert "Traceback" not in response.text
             assert response.headers["warning"].startswith("299 ")
             # Nothing was acknowledged, so nothing may be found.

@@ -43,25 +43,40 @@ def error_response(
     )
 
 
+#: How long a client should wait before retrying a request refused because the index or
+#: the blob store failed (RFC 9110 10.2.3): as long as after an audit trail failure.
+RETRY_AFTER = {"Retry-After": "5"}
+
+
 def backend_error_response(request: Request, exc: Exception) -> Response | None:
     """The answer to an archive, index or storage error; ``None`` for any other exception.
 
-    Shared by the exception handlers and the fast lane, which answers without them.
+    Shared by the exception handlers and the fast lane, which answers without them. A 503
+    says when to retry, so that gateways and modalities that queue their stores back off
+    instead of hammering a recovering archive.
     """
     if isinstance(exc, ArchiveError):
+        headers = exc.headers
         if exc.status_code >= 500:
             log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
+        if exc.status_code == 503:
+            headers = {**RETRY_AFTER, **headers}
         count_backend_error(request.scope, exc)  # a StorageError; other ArchiveErrors are not
-        return error_response(request, exc.status_code, exc.message, exc.headers)
+        return error_response(request, exc.status_code, exc.message, headers)
     if isinstance(exc, DBAPIError):
         log.error("%s %s: index error: %s", request.method, request.url.path, exc)
         count_backend_error(request.scope, exc)
-        return error_response(request, 503, "the index database is unavailable; retry later")
+        return error_response(
+            request, 503, "the index database is unavailable; retry later", RETRY_AFTER
+        )
     if isinstance(exc, OSError):
         log.error("%s %s: storage error: %s", request.method, request.url.path, exc)
         count_backend_error(request.scope, exc)
         return error_response(
-            request, 503, f"the blob store is unavailable ({exc.strerror or exc}); retry later"
+            request,
+            503,
+            f"the blob store is unavailable ({exc.strerror or exc}); retry later",
+            RETRY_AFTER,
         )
     return None
 

@@ -101,7 +101,9 @@ def test_an_index_error_is_counted_where_it_is_answered(client: TestClient) -> N
 
     archive.reads = broken  # type: ignore[method-assign]  # searches read through it
     try:
-        assert client.get(f"{ROOT}/studies").status_code == 503
+        response = client.get(f"{ROOT}/studies")
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == "5"  # a client knows when to try again
     finally:
         del archive.reads
     after = scrape(client)
@@ -130,9 +132,11 @@ def test_a_blob_store_error_is_counted_before_and_after_the_response_started(
     try:
         frame = client.get(f"{path}/frames/1", headers={"Accept": "application/octet-stream"})
         assert frame.status_code == 503
+        assert frame.headers["retry-after"] == "5"
         # A whole instance is read before the response starts: a clean 503.
         whole = client.get(path, headers={"Accept": "application/dicom; transfer-syntax=*"})
         assert whole.status_code == 503
+        assert whole.headers["retry-after"] == "5"
         # A range streams: the status and Content-Length went out before the read failed,
         # so the body ends early.
         cut = client.get(
