@@ -88,15 +88,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def index_url(data_dir: Path) -> Any:
-    """The index the archive under test uses: $DICOMWEB_DATABASE_URL when it names PostgreSQL
-    (an index the benchmark built with ``--archive-env DICOMWEB_DATABASE_URL=...``), else the
-    folder's SQLite file, as ``serve`` decides."""
+    """The index the archive under test uses, decided as ``serve`` decides it (the settings'
+    database URL: $DICOMWEB_DATABASE_URL, else the folder's SQLite file), in the form the
+    archive connects with (psycopg 3 for PostgreSQL)."""
     from dicomweb_server.index.database import is_postgresql_url, postgresql_url
+    from dicomweb_server.settings import Settings
 
-    url = os.environ.get("DICOMWEB_DATABASE_URL", "")
-    if url and is_postgresql_url(url):
-        return postgresql_url(url)
-    return f"sqlite:///{data_dir / 'index.sqlite'}"
+    url = Settings(data_dir=data_dir).resolved_database_url
+    return postgresql_url(url) if is_postgresql_url(url) else url
 
 
 def frame_targets(data_dir: Path, kind: str, count: int) -> list[Target]:
